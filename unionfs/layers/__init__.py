@@ -1,0 +1,1 @@
+"""Layer tars: compression detection, safe unpacking into kernel overlayfs format."""
