@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from conftest import ImgfsRunner, require, require_root
 
 pytestmark = pytest.mark.interop

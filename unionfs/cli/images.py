@@ -232,7 +232,13 @@ def inspect_doc(store: ImageStore, image: Image) -> dict[str, Any]:
             "Layers": image.layers,
         },
         "History": cfg.get("history") or [],
-        "Metadata": {"LayerDirs": [str(store.layers.path(d)) for d in image.diff_ids]},
+        # As docker's GraphDriver: lower dirs top layer first, ready for `mount -t overlay`.
+        "GraphDriver": {
+            "Name": "imgfs",
+            "Data": {
+                "LowerDir": ":".join(str(store.layers.path(d)) for d in reversed(image.diff_ids))
+            },
+        },
     }
 
 
