@@ -1,0 +1,252 @@
+"""Copy-up: bring a lower entry into the upper dir before it changes, data and metadata.
+
+Each entry is built under the work dir and renamed into place, so a crash never leaves
+a half-copied file visible. A lower file with hard links is copied once and linked at
+each of its visible names, so the links stay links. Large files are copied in a worker
+thread (FICLONE, else copy_file_range) so one big copy-up does not stall every request.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from unionfs.fs.layerfds import (
+    ORIGIN_XATTR,
+    PRIVATE_XATTR_PREFIXES,
+    at,
+    get_xattr,
+    open_dir,
+)
+from unionfs.fs.nodes import Node
+
+if TYPE_CHECKING:
+    from unionfs.fs.operations import UnionOperations
+
+FICLONE = 0x40049409
+THREAD_THRESHOLD = 1 << 20
+WORK_SUBDIR = "imgfs-work"
+
+
+class CopyUp:
+    def __init__(self, ops: UnionOperations, work_dir: Path) -> None:
+        self.ops = ops
+        work = work_dir / WORK_SUBDIR
+        work.mkdir(mode=0o700, exist_ok=True)
+        self.work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._locks: dict[int, trio.Lock] = {}
+
+    def close(self) -> None:
+        os.close(self.work_fd)
+
+    # -- directories -----------------------------------------------------------
+
+    def copy_up_dir(self, node: Node) -> None:
+        """Create a lower directory (and its parents) in the upper dir, with its metadata."""
+        if node.upper:
+            return
+        assert node.parent is not None
+        self.copy_up_dir(node.parent)
+        pfd = self.ops.upper_dir_fd(node.parent)
+        try:
+            os.lstat(node.name, dir_fd=pfd)  # made meanwhile (hard-link copy-up of an alias)
+        except FileNotFoundError:
+            self._make_dir(pfd, node.name, node.lower)
+        node.upper = True
+        node.upper_ino = os.lstat(node.name, dir_fd=pfd).st_ino
+
+    def _make_dir(self, pfd: int, name: bytes, lower: int) -> None:
+        entry = self.ops.index.entry(lower)
+        tmp = self._tmp_name()
+        os.mkdir(tmp, 0o700, dir_fd=self.work_fd)
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.work_fd)
+        try:
+            self._copy_xattrs(lower, fd)
+            os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, stat.S_IMODE(entry.mode))
+            os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+        self._install(tmp, pfd, name)
+
+    # -- files -------------------------------------------------------------------
+
+    async def copy_up(self, node: Node) -> None:
+        if node.is_dir:
+            self.copy_up_dir(node)
+            return
+        lock = self._locks.setdefault(node.ino, trio.Lock())
+        async with lock:
+            if node.upper:
+                return
+            assert node.parent is not None
+            self.copy_up_dir(node.parent)
+            pfd = self.ops.upper_dir_fd(node.parent)
+            await self._copy_file(node.lower, pfd, node.name)
+            self._link_aliases(node, pfd)
+            node.upper = True
+            node.upper_ino = os.lstat(node.name, dir_fd=pfd).st_ino
+        self._locks.pop(node.ino, None)
+
+    async def _copy_file(self, lower: int, pfd: int, name: bytes) -> None:
+        index, layers = self.ops.index, self.ops.layers
+        entry = index.entry(lower)
+        path = index.path(lower)
+        tmp = self._tmp_name()
+        kind = stat.S_IFMT(entry.mode)
+        if kind == stat.S_IFREG:
+            src = layers.open(entry.layer, path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.work_fd)
+                try:
+                    if entry.size > THREAD_THRESHOLD:
+                        await trio.to_thread.run_sync(copy_data, src, dst, entry.size)
+                    else:
+                        copy_data(src, dst, entry.size)
+                    self._copy_xattrs(lower, dst)
+                    os.fchown(dst, entry.uid, entry.gid)
+                    os.fchmod(dst, stat.S_IMODE(entry.mode))  # after chown: it clears setuid
+                    os.setxattr(dst, ORIGIN_XATTR, str(entry.link_group).encode())
+                    os.utime(dst, ns=(entry.atime_ns, entry.mtime_ns))
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+        else:
+            if kind == stat.S_IFLNK:
+                lpfd, lname = layers.parent_fd(entry.layer, path)
+                try:
+                    target = os.readlink(lname, dir_fd=lpfd)
+                finally:
+                    os.close(lpfd)
+                os.symlink(target, tmp, dir_fd=self.work_fd)
+            else:
+                os.mknod(tmp, kind | 0o600, entry.rdev, dir_fd=self.work_fd)
+            os.chown(tmp, entry.uid, entry.gid, dir_fd=self.work_fd, follow_symlinks=False)
+            tpath = at(self.work_fd, os.fsencode(tmp))
+            if kind != stat.S_IFLNK:
+                os.chmod(tpath, stat.S_IMODE(entry.mode))
+            origin = str(entry.link_group).encode()
+            try:
+                os.setxattr(tpath, ORIGIN_XATTR, origin, follow_symlinks=False)
+                self._copy_xattrs(lower, tpath)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP):
+                    raise
+            os.utime(tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd,
+                     follow_symlinks=False)
+        self._install(tmp, pfd, name)
+
+    def _link_aliases(self, node: Node, pfd: int) -> None:
+        """Link the other visible names of a hard-linked lower file to the new upper copy."""
+        index = self.ops.index
+        entry = index.entry(node.lower)
+        if entry.nlink <= 1:
+            return
+        for alias in index.link_group(node.lower):
+            if alias == node.lower:
+                continue
+            apath = index.path(alias)
+            dir_fd = self._visible_parent(apath)
+            if dir_fd is None:
+                continue
+            try:
+                aname = apath.rpartition(b"/")[2]
+                os.link(node.name, aname, src_dir_fd=pfd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            finally:
+                os.close(dir_fd)
+
+    def _visible_parent(self, path: bytes) -> int | None:
+        """Upper fd of the parent of lower `path` if the merged view still shows the lower
+        entry there (no whiteout, opaque dir, redirect or upper entry in the way)."""
+        ops = self.ops
+        parts = path.split(b"/")
+        fd = os.dup(ops.upper_dir_fd(ops.root))
+        lower = 1
+        try:
+            for part in parts[:-1]:
+                lower = ops.index.lookup(lower, part) or 0
+                try:
+                    st = os.lstat(part, dir_fd=fd)
+                except FileNotFoundError:
+                    if not lower:
+                        os.close(fd)
+                        return None
+                    self._make_dir(fd, part, lower)
+                    st = os.lstat(part, dir_fd=fd)
+                p = at(fd, part)
+                if not stat.S_ISDIR(st.st_mode) or get_xattr(p, "trusted.overlay.opaque") == b"y":
+                    os.close(fd)
+                    return None
+                if get_xattr(p, "trusted.overlay.redirect") is not None:
+                    os.close(fd)
+                    return None
+                nfd = open_dir(fd, part)
+                os.close(fd)
+                fd = nfd
+            try:
+                os.lstat(parts[-1], dir_fd=fd)
+            except FileNotFoundError:
+                return fd
+            os.close(fd)  # a whiteout, or an entry that replaced this name
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _tmp_name(self) -> str:
+        return f"#{secrets.token_hex(8)}"
+
+    def _install(self, tmp: str, pfd: int, name: bytes) -> None:
+        os.rename(tmp, name, src_dir_fd=self.work_fd, dst_dir_fd=pfd)
+
+    def _copy_xattrs(self, lower: int, target: int | str) -> None:
+        """Copy the lower entry's xattrs (but the overlay-private ones) to `target`."""
+        path, fd = self.ops._xattr_path_lower(lower)
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+            for name in names:
+                if os.fsencode(name).startswith(PRIVATE_XATTR_PREFIXES):
+                    continue
+                value = os.getxattr(path, name, follow_symlinks=False)
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def copy_data(src: int, dst: int, size: int) -> None:
+    """Reflink when the filesystem can, else copy in the kernel, else read and write."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        return
+    except OSError:
+        pass
+    copied = 0
+    try:
+        while copied < size:
+            n = os.copy_file_range(src, dst, size - copied, copied, copied)
+            if n == 0:
+                break
+            copied += n
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    while chunk := os.pread(src, 1 << 20, copied):
+        os.pwrite(dst, chunk, copied)
+        copied += len(chunk)

@@ -1,0 +1,94 @@
+"""Run one FUSE mount until it is unmounted or told to stop (SIGTERM, SIGINT, SIGHUP)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from unionfs.errors import ImgfsError
+from unionfs.fs.spec import MountSpec
+
+log = logging.getLogger(__name__)
+
+# Options a root mount of a container rootfs needs to behave like a real rootfs.
+_ROOT_OPTIONS = ("dev", "suid")
+
+
+def fuse_options(spec: MountSpec) -> set[str]:
+    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    options |= {f"fsname={spec.fsname}", "subtype=imgfs"}
+    if os.geteuid() == 0:
+        options |= set(_ROOT_OPTIONS)
+    if spec.read_only:
+        options.add("ro")
+    options |= {o for o in spec.options if o and o != "rw"}
+    return options
+
+
+def open_index(spec: MountSpec):  # -> MergedIndex, imported lazily
+    """The persisted merged index of the lower dirs, built now if it does not exist yet."""
+    from unionfs.index import MergedIndex
+
+    if spec.index_path is not None:
+        try:
+            return MergedIndex.open(spec.index_path, spec.lower_dirs)
+        except (FileNotFoundError, ValueError):
+            spec.index_path.parent.mkdir(parents=True, exist_ok=True)
+            return MergedIndex.build(spec.lower_dirs, spec.index_path)
+    scratch = Path(tempfile.mkdtemp(prefix="imgfs-index-"))
+    try:
+        return MergedIndex.build(spec.lower_dirs, scratch / "index")
+    finally:
+        # The open index keeps its mmap; the file itself is not needed any more.
+        for p in scratch.iterdir():
+            p.unlink()
+        scratch.rmdir()
+
+
+def serve(spec: MountSpec, on_ready: Callable[[], None] | None = None) -> None:
+    """Mount, call `on_ready`, and serve requests until unmounted; raises ImgfsError if the
+    mount cannot be set up."""
+    from unionfs.fs.operations import UnionOperations
+
+    for d in spec.lower_dirs:
+        if not d.is_dir():
+            raise ImgfsError(f"lower dir {d} does not exist")
+    if spec.upper_dir is not None and not spec.upper_dir.is_dir():
+        raise ImgfsError(f"upper dir {spec.upper_dir} does not exist")
+    if not spec.mountpoint.is_dir():
+        raise ImgfsError(f"mountpoint {spec.mountpoint} is not a directory")
+    index = open_index(spec)
+    ops = UnionOperations(spec, index)
+    try:
+        pyfuse3.init(ops, str(spec.mountpoint), fuse_options(spec))
+    except RuntimeError as e:
+        raise ImgfsError(f"cannot mount on {spec.mountpoint}: {e}") from None
+    try:
+        if on_ready is not None:
+            on_ready()
+        trio.run(_main)
+    finally:
+        pyfuse3.close(unmount=True)
+        ops.close()
+
+
+async def _main() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,84 @@
+"""fd-relative access to the read-only layer dirs and the upper dir.
+
+Every path the daemon touches is resolved beneath one of these roots with
+`open_beneath` (no symlink is ever followed, `..` never climbs out), and entries
+are then reached by name relative to their parent's fd.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from pathlib import Path
+
+from unionfs.safeio import open_beneath
+
+O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+WHITEOUT_DEV = 0
+OPAQUE_XATTR = "trusted.overlay.opaque"
+REDIRECT_XATTR = "trusted.overlay.redirect"
+ORIGIN_XATTR = "trusted.imgfs.origin"
+"""Merged-index id of a copied-up entry's origin, so it keeps its inode number."""
+PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"trusted.imgfs.")
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+
+def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int) -> None:
+    if _renameat2(src_fd, src, dst_fd, dst, flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def open_dir(root_fd: int, path: bytes) -> int:
+    """O_PATH fd of directory `path` beneath `root_fd` (b"" is the root itself)."""
+    if not path:
+        return os.open(".", O_PATH_DIR, dir_fd=root_fd)
+    return open_beneath(root_fd, os.fsdecode(path), O_PATH_DIR)
+
+
+def at(dir_fd: int, name: bytes) -> str:
+    """A path naming `name` in an open directory, for calls that have no *at form (xattrs).
+
+    Only the final component is looked up by name; callers pass follow_symlinks=False.
+    """
+    return f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}"
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == WHITEOUT_DEV
+
+
+def get_xattr(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+            return None
+        raise
+
+
+class LayerDirs:
+    """The lower layer dirs, top first, each held open by an fd."""
+
+    def __init__(self, dirs: list[Path]) -> None:
+        self.fds = [os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for d in dirs]
+
+    def open(self, layer: int, path: bytes, flags: int) -> int:
+        return open_beneath(self.fds[layer], os.fsdecode(path), flags | os.O_NOFOLLOW)
+
+    def parent_fd(self, layer: int, path: bytes) -> tuple[int, bytes]:
+        """(O_PATH fd of the entry's parent dir, the entry's name); the caller closes the fd."""
+        parent, _, name = path.rpartition(b"/")
+        return open_dir(self.fds[layer], parent), name
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []

@@ -1,0 +1,799 @@
+"""pyfuse3 operations with kernel overlayfs semantics over a merged index and an upper dir.
+
+Reads of lower entries are answered from the merged index (no syscall for metadata);
+anything that changes an entry first copies it up into the upper dir, deletions leave
+whiteouts (char device 0:0), a directory made over a whiteout is opaque, and a renamed
+lower directory carries a `trusted.overlay.redirect` to its origin, exactly as kernel
+overlayfs (redirect_dir=on) writes them, so the upper dir stays mountable by the kernel.
+Handlers are short; lookups of names go through `_probe`, the one place that decides
+what a name is.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+
+from unionfs.fs.copyup import CopyUp
+from unionfs.fs.layerfds import (
+    OPAQUE_XATTR,
+    ORIGIN_XATTR,
+    PRIVATE_XATTR_PREFIXES,
+    REDIRECT_XATTR,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    LayerDirs,
+    at,
+    get_xattr,
+    is_whiteout,
+    open_dir,
+    renameat2,
+)
+from unionfs.fs.nodes import ROOT_INO, UPPER_INO_BASE, Node, NodeTable
+from unionfs.fs.spec import MountSpec
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 86400.0
+"""Entry/attr cache time: every change goes through this daemon, so the kernel may keep
+what it was told until the daemon itself tells it otherwise."""
+_UPPER_INO_MASK = UPPER_INO_BASE - 1
+
+
+def _err(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+@dataclass(slots=True)
+class Probe:
+    """What a name in a directory is, as the merged view shows it."""
+
+    ino: int
+    is_dir: bool
+    lower: int
+    upper: bool
+    opaque: bool = False
+    upper_st: os.stat_result | None = None
+
+
+@dataclass(slots=True)
+class DirHandle:
+    node: Node
+    names: list[bytes] | None = None
+
+
+class UnionOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = True
+
+    def __init__(self, spec: MountSpec, index: Any) -> None:
+        super().__init__()
+        self.spec = spec
+        self.index = index
+        self.layers = LayerDirs(list(spec.lower_dirs))
+        self.read_only = spec.read_only
+        self.table = NodeTable()
+        self.files: dict[int, int] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._dynamic: dict[tuple[str, int], int] = {}
+        self.upper_fd = -1
+        self.copyup: CopyUp | None = None
+        has_lower = bool(spec.lower_dirs) and len(index) > 0
+        root = Node(ROOT_INO, None, b"", True, lower=1 if has_lower else 0, nlookup=1)
+        if not self.read_only:
+            assert spec.upper_dir is not None and spec.work_dir is not None
+            self.upper_fd = os.open(spec.upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            root.upper = True
+            root.ufd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.upper_fd)
+            self.copyup = CopyUp(self, spec.work_dir)
+        self.table.add(root)
+        self.root = root
+        os.umask(0)  # the kernel already applied the caller's umask to every mode we get
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
+        self.table.close()
+        self.layers.close()
+        if self.copyup is not None:
+            self.copyup.close()
+        if self.upper_fd >= 0:
+            os.close(self.upper_fd)
+            self.upper_fd = -1
+
+    # -- resolving names ---------------------------------------------------------
+
+    def upper_dir_fd(self, node: Node) -> int:
+        """O_PATH fd of a directory node in the upper dir (it must exist there)."""
+        if node.ufd < 0:
+            assert node.parent is not None
+            node.ufd = open_dir(self.upper_dir_fd(node.parent), node.name)
+        return node.ufd
+
+    def lower_child(self, parent: Node, name: bytes) -> int:
+        return (self.index.lookup(parent.lower, name) or 0) if parent.lower else 0
+
+    def _probe(self, parent: Node, name: bytes) -> Probe | None:
+        lower = self.lower_child(parent, name)
+        if parent.upper:
+            try:
+                st = os.lstat(name, dir_fd=self.upper_dir_fd(parent))
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if is_whiteout(st):
+                    return None
+                return self._probe_upper(parent, name, st, lower)
+        if not lower:
+            return None
+        entry_is_dir = self.index.is_dir(lower)
+        return Probe(self._lower_ino(lower), entry_is_dir, lower, False)
+
+    def _probe_upper(self, parent: Node, name: bytes, st: os.stat_result, lower: int) -> Probe:
+        path = at(self.upper_dir_fd(parent), name)
+        if stat.S_ISDIR(st.st_mode):
+            opaque = get_xattr(path, OPAQUE_XATTR) == b"y"
+            merged = 0
+            if not opaque:
+                redirect = get_xattr(path, REDIRECT_XATTR)
+                if redirect is not None:
+                    merged = self._resolve_redirect(parent, redirect)
+                elif lower and self.index.is_dir(lower):
+                    merged = lower
+            ino = self._lower_ino(merged) if merged else self._upper_ino(st)
+            return Probe(ino, True, merged, True, opaque, st)
+        origin = get_xattr(path, ORIGIN_XATTR)
+        ino = self._upper_ino(st)
+        if origin is not None and origin.isdigit() and 0 < int(origin) <= len(self.index):
+            ino = self._lower_ino(int(origin))
+        return Probe(ino, False, 0, True, False, st)
+
+    def _resolve_redirect(self, parent: Node, redirect: bytes) -> int:
+        if not redirect.startswith(b"/"):
+            return self.lower_child(parent, redirect)
+        ident = 1 if self.root.lower else 0
+        for part in redirect.strip(b"/").split(b"/"):
+            if not ident:
+                break
+            ident = self.index.lookup(ident, part) or 0
+        return ident if ident and self.index.is_dir(ident) else 0
+
+    def _lower_ino(self, ident: int) -> int:
+        return self.index.entry(ident).link_group
+
+    @staticmethod
+    def _upper_ino(st: os.stat_result) -> int:
+        return UPPER_INO_BASE | (st.st_ino & _UPPER_INO_MASK)
+
+    def _node(self, parent: Node, name: bytes, probe: Probe) -> Node:
+        """The table's node for a probed name, or a new one (not yet in the table)."""
+        upper_ino = probe.upper_st.st_ino if probe.upper_st is not None else 0
+        ino = probe.ino
+        node = self.table.get(ino)
+        if node is not None and (
+            not node.alive or (probe.upper and node.upper and node.upper_ino != upper_ino)
+        ):
+            # The stable number belongs to a deleted-but-open inode: use another one.
+            key = ("u", upper_ino) if probe.upper else ("l", probe.lower)
+            ino = self._dynamic.setdefault(key, self.table.dynamic_ino())
+            node = self.table.get(ino)
+        if node is None:
+            return Node(
+                ino, parent, name, probe.is_dir, probe.lower, probe.upper, probe.opaque, upper_ino
+            )
+        node.add_link(parent, name)
+        if probe.upper and not node.upper:
+            node.upper, node.upper_ino = True, upper_ino
+        node.lower, node.opaque = probe.lower, probe.opaque
+        return node
+
+    def _find(self, parent: Node, name: bytes) -> Node | None:
+        probe = self._probe(parent, name)
+        return None if probe is None else self._node(parent, name, probe)
+
+    def _remember(self, node: Node) -> None:
+        node.nlookup += 1
+        if self.table.get(node.ino) is not node:
+            self.table.add(node)
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        self._remember(node)
+        return self._attrs(node)
+
+    # -- attributes ------------------------------------------------------------
+
+    def upper_lstat(self, node: Node) -> os.stat_result:
+        if node.ino == ROOT_INO:
+            return os.fstat(self.upper_fd)
+        assert node.parent is not None
+        return os.lstat(node.name, dir_fd=self.upper_dir_fd(node.parent))
+
+    def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.entry_timeout = a.attr_timeout = TIMEOUT
+        a.st_blksize = 4096
+        if node.upper:
+            st = st or self.upper_lstat(node)
+            a.st_mode, a.st_uid, a.st_gid = st.st_mode, st.st_uid, st.st_gid
+            a.st_nlink = 1 if node.is_dir and node.lower else st.st_nlink
+            a.st_rdev, a.st_size, a.st_blocks = st.st_rdev, st.st_size, st.st_blocks
+            a.st_atime_ns, a.st_mtime_ns = st.st_atime_ns, st.st_mtime_ns
+            a.st_ctime_ns = st.st_ctime_ns
+            node.upper_ino = st.st_ino
+        else:
+            e = self.index.entry(node.lower)
+            a.st_mode, a.st_uid, a.st_gid, a.st_nlink = e.mode, e.uid, e.gid, e.nlink
+            a.st_rdev, a.st_size, a.st_blocks = e.rdev, e.size, e.blocks
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = e.atime_ns, e.mtime_ns, e.ctime_ns
+        return a
+
+    # -- lookups and attributes ------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        parent = self.table[parent_inode]
+        if name == b".":
+            return self._entry(parent)
+        if name == b"..":
+            return self._entry(parent.parent or self.root)
+        node = self._find(parent, name)
+        if node is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = TIMEOUT
+            return negative
+        return self._entry(node)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.table.forget(ino, n)
+
+    async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._attrs(self.table[inode])
+
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        node = self.table[inode]
+        changes = (
+            fields.update_uid,
+            fields.update_gid,
+            fields.update_mode,
+            fields.update_size,
+            fields.update_atime,
+            fields.update_mtime,
+        )
+        if not any(changes) or (not node.upper and not node.alive):
+            # ctime alone (the writeback cache flushing times), or a deleted lower file
+            # that no name shows any more: nothing to record.
+            return self._attrs(node)
+        await self.copy_up(node)
+        pfd, name = self._upper_loc(node)
+        path = at(pfd, name) if name else f"/proc/self/fd/{pfd}"
+        st = self.upper_lstat(node)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            os.chown(path, uid, gid, follow_symlinks=False)
+        if fields.update_mode and not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_size:
+            if fh is not None and fh in self.files:
+                os.ftruncate(self.files[fh], attr.st_size)
+            else:
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                try:
+                    os.ftruncate(fd, attr.st_size)
+                finally:
+                    os.close(fd)
+        if fields.update_atime or fields.update_mtime:
+            cur = self.upper_lstat(node)
+            times = (
+                attr.st_atime_ns if fields.update_atime else cur.st_atime_ns,
+                attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns,
+            )
+            os.utime(path, ns=times, follow_symlinks=False)
+        return self._attrs(node)
+
+    def _upper_loc(self, node: Node) -> tuple[int, bytes]:
+        """(upper parent dir fd, name) of a node that exists in the upper dir."""
+        if node.ino == ROOT_INO:
+            return self.upper_dir_fd(node), b""
+        assert node.parent is not None
+        return self.upper_dir_fd(node.parent), node.name
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        node = self.table[inode]
+        if node.upper:
+            pfd, name = self._upper_loc(node)
+            return os.fsencode(os.readlink(name, dir_fd=pfd))
+        e = self.index.entry(node.lower)
+        pfd, name = self.layers.parent_fd(e.layer, self.index.path(node.lower))
+        try:
+            return os.fsencode(os.readlink(name, dir_fd=pfd))
+        finally:
+            os.close(pfd)
+
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return True  # default_permissions: the kernel checks modes itself
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        fd = self.upper_fd if self.upper_fd >= 0 else (self.layers.fds or [None])[0]
+        st = os.statvfs(fd) if fd is not None else os.statvfs("/")
+        out = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail"):
+            setattr(out, attr, getattr(st, attr))
+        for attr in ("f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(out, attr, getattr(st, attr))
+        return out
+
+    # -- copy-up -----------------------------------------------------------------
+
+    async def copy_up(self, node: Node) -> None:
+        if node.upper:
+            return
+        if self.copyup is None:
+            raise _err(errno.EROFS)
+        await self.copyup.copy_up(node)
+
+    def ensure_upper_dir(self, node: Node) -> int:
+        """The upper dir fd of a directory node, copying the directory (and parents) up."""
+        if not node.upper:
+            if self.copyup is None:
+                raise _err(errno.EROFS)
+            self.copyup.copy_up_dir(node)
+        return self.upper_dir_fd(node)
+
+    # -- creating entries ------------------------------------------------------
+
+    def _prepare_create(self, parent: Node, name: bytes) -> tuple[int, bool]:
+        """Make room for a new name: (parent's upper fd, whether lower has the name)."""
+        if self.read_only:
+            raise _err(errno.EROFS)
+        if self._probe(parent, name) is not None:
+            raise _err(errno.EEXIST)
+        pfd = self.ensure_upper_dir(parent)
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            pass
+        else:
+            if is_whiteout(st):
+                os.unlink(name, dir_fd=pfd)
+        return pfd, bool(self.lower_child(parent, name))
+
+    def _owner(self, parent: Node, ctx: Any) -> tuple[int, int, bool]:
+        """(uid, gid, setgid dir) a new entry gets: a setgid dir passes on its group."""
+        st = self.upper_lstat(parent)
+        if st.st_mode & stat.S_ISGID:
+            return ctx.uid, st.st_gid, True
+        return ctx.uid, ctx.gid, False
+
+    def _created(self, parent: Node, name: bytes) -> pyfuse3.EntryAttributes:
+        node = self._find(parent, name)
+        if node is None:
+            raise _err(errno.EIO)
+        return self._entry(node)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        parent = self.table[parent_inode]
+        pfd, lower_has = self._prepare_create(parent, name)
+        uid, gid, sgid = self._owner(parent, ctx)
+        os.mkdir(name, stat.S_IMODE(mode) | (stat.S_ISGID if sgid else 0), dir_fd=pfd)
+        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        if sgid:
+            os.chmod(at(pfd, name), stat.S_IMODE(mode) | stat.S_ISGID)
+        if lower_has:
+            os.setxattr(at(pfd, name), OPAQUE_XATTR, b"y", follow_symlinks=False)
+        return self._created(parent, name)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        parent = self.table[parent_inode]
+        pfd, _ = self._prepare_create(parent, name)
+        uid, gid, _ = self._owner(parent, ctx)
+        os.mknod(name, mode, rdev, dir_fd=pfd)
+        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        return self._created(parent, name)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        parent = self.table[parent_inode]
+        pfd, _ = self._prepare_create(parent, name)
+        uid, gid, _ = self._owner(parent, ctx)
+        os.symlink(target, name, dir_fd=pfd)
+        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        return self._created(parent, name)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self.table[parent_inode]
+        pfd, _ = self._prepare_create(parent, name)
+        uid, gid, _ = self._owner(parent, ctx)
+        open_flags = _file_flags(flags) | os.O_CREAT | os.O_EXCL
+        fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=pfd)
+        try:
+            os.fchown(fd, uid, gid)
+        except BaseException:
+            os.close(fd)
+            raise
+        attrs = self._created(parent, name)
+        return self._file_info(fd), attrs
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        node = self.table[inode]
+        parent = self.table[new_parent_inode]
+        await self.copy_up(node)
+        pfd, _ = self._prepare_create(parent, new_name)
+        src_pfd, src_name = self._upper_loc(node)
+        os.link(src_name, new_name, src_dir_fd=src_pfd, dst_dir_fd=pfd, follow_symlinks=False)
+        node.add_link(parent, new_name)
+        return self._entry(node)
+
+    # -- removing entries ------------------------------------------------------
+
+    def _whiteout(self, parent: Node, name: bytes) -> None:
+        pfd = self.ensure_upper_dir(parent)
+        os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        parent = self.table[parent_inode]
+        node = self._find(parent, name)
+        if node is None:
+            raise _err(errno.ENOENT)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        if self.read_only:
+            raise _err(errno.EROFS)
+        if not node.upper and self.index.entry(node.lower).nlink > 1:
+            await self.copy_up(node)  # its other names keep the data and count the link
+        if node.upper:
+            os.unlink(name, dir_fd=self.upper_dir_fd(parent))
+        if self.lower_child(parent, name):
+            self._whiteout(parent, name)
+        node.drop_link(parent, name)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        parent = self.table[parent_inode]
+        node = self._find(parent, name)
+        if node is None:
+            raise _err(errno.ENOENT)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        if self.read_only:
+            raise _err(errno.EROFS)
+        if self._list(node):
+            raise _err(errno.ENOTEMPTY)
+        if node.upper:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.upper_dir_fd(node))
+            try:
+                for entry in os.scandir(fd):
+                    os.unlink(entry.name, dir_fd=fd)  # only whiteouts are left in it
+            finally:
+                os.close(fd)
+            node.close_fd()
+            os.rmdir(name, dir_fd=self.upper_dir_fd(parent))
+        if self.lower_child(parent, name):
+            self._whiteout(parent, name)
+        node.drop_link(parent, name)
+
+    # -- rename ------------------------------------------------------------------
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        old_parent = self.table[parent_inode_old]
+        new_parent = self.table[parent_inode_new]
+        src = self._find(old_parent, name_old)
+        if src is None:
+            raise _err(errno.ENOENT)
+        dst = self._find(new_parent, name_new)
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise _err(errno.EEXIST)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise _err(errno.ENOENT)
+            await self._exchange(old_parent, name_old, src, new_parent, name_new, dst)
+            return
+        if dst is src:
+            return  # two names of one inode: rename(2) does nothing
+        if dst is not None and dst.is_dir:
+            if not src.is_dir:
+                raise _err(errno.EISDIR)
+            if self._list(dst):
+                raise _err(errno.ENOTEMPTY)
+        elif dst is not None and src.is_dir:
+            raise _err(errno.ENOTDIR)
+        await self._move_up(src)
+        old_fd = self.upper_dir_fd(old_parent)
+        new_fd = self.ensure_upper_dir(new_parent)
+        lower_at_new = self.lower_child(new_parent, name_new)
+        self._clear_target(new_fd, name_new, dst)
+        renameat2(old_fd, name_old, new_fd, name_new, 0)
+        if src.is_dir:
+            self._fix_moved_dir(src, new_fd, name_new, lower_at_new)
+        if self.lower_child(old_parent, name_old):
+            self._whiteout(old_parent, name_old)
+        if dst is not None:
+            dst.close_fd()
+            dst.drop_link(new_parent, name_new)
+        src.drop_link(old_parent, name_old)
+        src.add_link(new_parent, name_new)
+
+    async def _move_up(self, node: Node) -> None:
+        """Copy up what a rename moves: a file whole, a directory only itself."""
+        if node.is_dir:
+            self.ensure_upper_dir(node)
+        else:
+            await self.copy_up(node)
+
+    def _clear_target(self, pfd: int, name: bytes, dst: Node | None) -> None:
+        """Remove what is in the way in the upper dir: a whiteout, or an empty dir's whiteouts."""
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            return
+        if is_whiteout(st):
+            os.unlink(name, dir_fd=pfd)
+        elif stat.S_ISDIR(st.st_mode) and dst is not None:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
+            try:
+                for entry in os.scandir(fd):
+                    os.unlink(entry.name, dir_fd=fd)
+            finally:
+                os.close(fd)
+
+    def _fix_moved_dir(self, node: Node, pfd: int, name: bytes, lower_at_new: int) -> None:
+        """A moved dir keeps showing its own lower children (redirect), and never those of
+        a lower dir that was at its new name (opaque)."""
+        path = at(pfd, name)
+        if node.lower and not node.opaque:
+            target = b"/" + self.index.path(node.lower)
+            os.setxattr(path, REDIRECT_XATTR, target, follow_symlinks=False)
+        elif lower_at_new and not node.opaque:
+            os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+            node.opaque = True
+
+    async def _exchange(
+        self, old_parent: Node, name_old: bytes, src: Node, new_parent: Node, name_new: bytes,
+        dst: Node,
+    ) -> None:
+        await self._move_up(src)
+        await self._move_up(dst)
+        old_fd = self.upper_dir_fd(old_parent)
+        new_fd = self.upper_dir_fd(new_parent)
+        renameat2(old_fd, name_old, new_fd, name_new, RENAME_EXCHANGE)
+        if src.is_dir:
+            self._fix_moved_dir(src, new_fd, name_new, self.lower_child(new_parent, name_new))
+        if dst.is_dir:
+            self._fix_moved_dir(dst, old_fd, name_old, self.lower_child(old_parent, name_old))
+        src.drop_link(old_parent, name_old)
+        dst.drop_link(new_parent, name_new)
+        src.add_link(new_parent, name_new)
+        dst.add_link(old_parent, name_old)
+
+    # -- files -------------------------------------------------------------------
+
+    def _file_info(self, fd: int) -> pyfuse3.FileInfo:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.files[fh] = fd
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self.table[inode]
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            await self.copy_up(node)
+        if node.upper:
+            pfd, name = self._upper_loc(node)
+            fd = os.open(name, _file_flags(flags), dir_fd=pfd)
+        else:
+            e = self.index.entry(node.lower)
+            fd = self.layers.open(e.layer, self.index.path(node.lower), os.O_RDONLY | os.O_CLOEXEC)
+        return self._file_info(fd)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(self.files[fh], size, off)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return os.pwrite(self.files[fh], buf, off)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        os.close(self.files.pop(fh))
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        if datasync:
+            os.fdatasync(self.files[fh])
+        else:
+            os.fsync(self.files[fh])
+
+    # -- directories -------------------------------------------------------------
+
+    def _list(self, node: Node) -> list[bytes]:
+        """Names the merged directory shows: upper entries but whiteouts, then lower ones."""
+        names: list[bytes] = []
+        hidden: set[bytes] = set()
+        if node.upper:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.upper_dir_fd(node))
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        name = os.fsencode(entry.name)
+                        hidden.add(name)
+                        if _visible(entry):
+                            names.append(name)
+            finally:
+                os.close(fd)
+        if node.lower:
+            for child in self.index.children(node.lower):
+                name = self.index.entry(child).name
+                if name not in hidden:
+                    names.append(name)
+        return names
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dirs[fh] = DirHandle(self.table[inode])
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        handle = self.dirs[fh]
+        if handle.names is None or start_id == 0:
+            handle.names = self._list(handle.node)
+        names = handle.names
+        for i in range(start_id, len(names)):
+            probe = self._probe(handle.node, names[i])
+            if probe is None:
+                continue  # removed since the listing was taken
+            node = self._node(handle.node, names[i], probe)
+            if not pyfuse3.readdir_reply(token, names[i], self._attrs(node, probe.upper_st), i + 1):
+                return
+            self._remember(node)
+
+    async def releasedir(self, fh: int) -> None:
+        del self.dirs[fh]
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        node = self.dirs[fh].node
+        if node.upper:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.upper_dir_fd(node))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- extended attributes ---------------------------------------------------
+
+    def _xattr_path(self, node: Node) -> tuple[str, int]:
+        """(path for *xattr calls with follow_symlinks=False, fd to close or -1)."""
+        if node.upper:
+            pfd, name = self._upper_loc(node)
+            return (at(pfd, name) if name else f"/proc/self/fd/{pfd}/."), -1
+        return self._xattr_path_lower(node.lower)
+
+    def _xattr_path_lower(self, ident: int) -> tuple[str, int]:
+        e = self.index.entry(ident)
+        path = self.index.path(ident)
+        if not path:
+            return f"/proc/self/fd/{self.layers.fds[e.layer]}/.", -1
+        pfd, name = self.layers.parent_fd(e.layer, path)
+        return at(pfd, name), pfd
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if name.startswith(PRIVATE_XATTR_PREFIXES):
+            raise _err(errno.ENODATA)
+        path, fd = self._xattr_path(self.table[inode])
+        try:
+            return os.getxattr(path, name, follow_symlinks=False)
+        except OSError as e:
+            raise _err(e.errno or errno.EIO) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        path, fd = self._xattr_path(self.table[inode])
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        encoded = [os.fsencode(n) for n in names]
+        return [n for n in encoded if not n.startswith(PRIVATE_XATTR_PREFIXES)]
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if name.startswith(PRIVATE_XATTR_PREFIXES):
+            raise _err(errno.EPERM)
+        node = self.table[inode]
+        await self.copy_up(node)
+        path, _ = self._xattr_path(node)
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as e:
+            raise _err(e.errno or errno.EIO) from None
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        if name.startswith(PRIVATE_XATTR_PREFIXES):
+            raise _err(errno.ENODATA)
+        node = self.table[inode]
+        path, fd = self._xattr_path(node)
+        try:
+            os.getxattr(path, name, follow_symlinks=False)  # ENODATA before any copy-up
+        except OSError as e:
+            raise _err(e.errno or errno.EIO) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        await self.copy_up(node)
+        path, _ = self._xattr_path(node)
+        try:
+            os.removexattr(path, name, follow_symlinks=False)
+        except OSError as e:
+            raise _err(e.errno or errno.EIO) from None
+
+
+def _visible(entry: os.DirEntry[str]) -> bool:
+    """Not a whiteout (stat only for the rare char devices: d_type tells the rest)."""
+    if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+        return True
+    return entry.is_symlink() or not is_whiteout(entry.stat(follow_symlinks=False))
+
+
+def _file_flags(flags: int) -> int:
+    """Flags for an upper file: the writeback cache needs to read what it writes, and does
+    O_APPEND itself."""
+    flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND)
+    if flags & os.O_ACCMODE == os.O_WRONLY:
+        flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+    return flags | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _errno_replies(cls: type) -> type:
+    """Wrap every handler so an OSError becomes the errno reply, never a daemon crash."""
+    import functools
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        async def handler(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except OSError as e:
+                raise _err(e.errno or errno.EIO) from None
+            except (KeyError, IndexError):
+                raise _err(errno.ESTALE) from None
+            except pyfuse3.FUSEError:
+                raise
+            except Exception:  # a bug: answer EIO and keep serving, never take the mount down
+                log.exception("%s failed", fn.__name__)
+                raise _err(errno.EIO) from None
+
+        return handler
+
+    for name, value in list(vars(cls).items()):
+        if not name.startswith("_") and callable(value) and hasattr(pyfuse3.Operations, name):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+_errno_replies(UnionOperations)

@@ -1,0 +1,27 @@
+"""What a mount is made of; shared by `imgfs mount`, `imgfs-overlay` and the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class MountSpec:
+    lower_dirs: list[Path]
+    """Read-only layer dirs in kernel overlayfs format, top layer first (as lowerdir=)."""
+    mountpoint: Path
+    upper_dir: Path | None = None
+    """Writable upper dir; None makes the mount read-only."""
+    work_dir: Path | None = None
+    """Scratch dir on the upper dir's filesystem (copy-up staging), as overlayfs's workdir."""
+    index_path: Path | None = None
+    """Where the merged index of `lower_dirs` is persisted; None builds it at mount time."""
+    options: list[str] = field(default_factory=list)
+    """FUSE mount options passed through (allow_other, ro, ...)."""
+    fsname: str = "imgfs"
+    debug: bool = False
+
+    @property
+    def read_only(self) -> bool:
+        return self.upper_dir is None or "ro" in self.options
