@@ -1,0 +1,121 @@
+/* Hash-table lookup in a merged lower index (format: unionfs/index/format.py).
+ *
+ * The image is untrusted input (a file on disk that the daemon mmaps), so the header is
+ * re-validated on every call and every read is bounds-checked: a few compares, far cheaper
+ * than the Python call that got us here.  Multi-byte fields are little-endian and read
+ * byte-wise, which compilers turn into plain loads on little-endian machines. */
+#include <string.h>
+
+#include "index.h"
+
+#define HEADER_SIZE 128u
+#define ENTRY_SIZE 104u
+#define SLOT_SIZE 8u
+#define VERSION 1u
+
+/* Header field offsets. */
+#define H_VERSION 8
+#define H_ENTRY_SIZE 12
+#define H_COUNT 24
+#define H_ENTRIES_OFF 40
+#define H_HASH_OFF 48
+#define H_HASH_SLOTS 56
+#define H_NAMES_OFF 80
+#define H_NAMES_LEN 88
+
+/* Entry record field offsets. */
+#define E_NAME_OFF 48
+#define E_PARENT 56
+#define E_NAME_LEN 96
+
+static uint16_t rd16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+    return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
+}
+
+/* off + count * size lies within len, without overflowing. */
+static int region_ok(uint64_t len, uint64_t off, uint64_t count, uint64_t size)
+{
+    return off <= len && count <= (len - off) / size;
+}
+
+uint64_t imgfs_index_hash(uint64_t parent, const char *name, size_t namelen)
+{
+    const uint64_t prime = 0x100000001b3ULL;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t i;
+
+    for (i = 0; i < 4; i++) {
+        h ^= (parent >> (8 * i)) & 0xff;
+        h *= prime;
+    }
+    for (i = 0; i < namelen; i++) {
+        h ^= (uint8_t)name[i];
+        h *= prime;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+int64_t imgfs_index_lookup(const uint8_t *base, uint64_t len, uint64_t parent,
+                           const char *name, size_t namelen)
+{
+    uint64_t count, entries_off, hash_off, slots, names_off, names_len, mask, i, probes;
+    uint64_t h;
+    uint32_t tag;
+
+    if (base == NULL || len < HEADER_SIZE || memcmp(base, "IMGFSIDX", 8) != 0)
+        return 0;
+    if (rd32(base + H_VERSION) != VERSION || rd32(base + H_ENTRY_SIZE) != ENTRY_SIZE)
+        return 0;
+    count = rd64(base + H_COUNT);
+    entries_off = rd64(base + H_ENTRIES_OFF);
+    hash_off = rd64(base + H_HASH_OFF);
+    slots = rd64(base + H_HASH_SLOTS);
+    names_off = rd64(base + H_NAMES_OFF);
+    names_len = rd64(base + H_NAMES_LEN);
+    if (count == 0 || count > UINT32_MAX || slots == 0 || (slots & (slots - 1)) != 0)
+        return 0;
+    if (!region_ok(len, entries_off, count, ENTRY_SIZE) || !region_ok(len, hash_off, slots, SLOT_SIZE)
+        || !region_ok(len, names_off, names_len, 1))
+        return 0;
+    if (parent == 0 || parent > count || namelen == 0 || namelen > UINT16_MAX)
+        return 0;
+
+    h = imgfs_index_hash(parent, name, namelen);
+    tag = (uint32_t)(h >> 32);
+    mask = slots - 1;
+    for (i = h & mask, probes = 0; probes < slots; probes++, i = (i + 1) & mask) {
+        const uint8_t *slot = base + hash_off + i * SLOT_SIZE;
+        const uint8_t *rec;
+        uint64_t id = rd32(slot), name_off;
+
+        if (id == 0)
+            return 0;
+        if (rd32(slot + 4) != tag || id > count)
+            continue;
+        rec = base + entries_off + (id - 1) * ENTRY_SIZE;
+        if (rd32(rec + E_PARENT) != parent || rd16(rec + E_NAME_LEN) != namelen)
+            continue;
+        name_off = rd64(rec + E_NAME_OFF);
+        if (!region_ok(names_len, name_off, namelen, 1))
+            continue;
+        if (memcmp(base + names_off + name_off, name, namelen) == 0)
+            return (int64_t)id;
+    }
+    return 0;
+}
