@@ -20,10 +20,10 @@ import trio
 
 from unionfs.fs.layerfds import (
     ORIGIN_XATTR,
-    PRIVATE_XATTR_PREFIXES,
     at,
     get_xattr,
     open_dir,
+    shown_xattr,
 )
 from unionfs.fs.nodes import Node
 
@@ -91,8 +91,14 @@ class CopyUp:
             pfd = self.ops.upper_dir_fd(node.parent)
             await self._copy_file(node.lower, pfd, node.name)
             self._link_aliases(node, pfd)
+            st = os.lstat(node.name, dir_fd=pfd)
+            lower_nlink = self.ops.index.entry(node.lower).nlink
+            if lower_nlink > st.st_nlink and not stat.S_ISLNK(st.st_mode):
+                node.nlink_bias = lower_nlink - st.st_nlink
+                value = f"{self.ops.index.entry(node.lower).link_group}:{node.nlink_bias}"
+                os.setxattr(at(pfd, node.name), ORIGIN_XATTR, value.encode(), follow_symlinks=False)
             node.upper = True
-            node.upper_ino = os.lstat(node.name, dir_fd=pfd).st_ino
+            node.upper_ino = st.st_ino
         self._locks.pop(node.ino, None)
 
     async def _copy_file(self, lower: int, pfd: int, name: bytes) -> None:
@@ -150,9 +156,7 @@ class CopyUp:
         entry = index.entry(node.lower)
         if entry.nlink <= 1:
             return
-        for alias in index.link_group(node.lower):
-            if alias == node.lower:
-                continue
+        for alias in index.link_group(node.lower):  # the copy's own name is found taken
             apath = index.path(alias)
             dir_fd = self._visible_parent(apath)
             if dir_fd is None:
@@ -217,8 +221,8 @@ class CopyUp:
         try:
             names = os.listxattr(path, follow_symlinks=False)
             for name in names:
-                if os.fsencode(name).startswith(PRIVATE_XATTR_PREFIXES):
-                    continue
+                if shown_xattr(os.fsencode(name)) is None:
+                    continue  # the overlay's own (opaque, redirect, origin): not copied
                 value = os.getxattr(path, name, follow_symlinks=False)
                 if isinstance(target, int):
                     os.setxattr(target, name, value)

@@ -19,9 +19,29 @@ O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 WHITEOUT_DEV = 0
 OPAQUE_XATTR = "trusted.overlay.opaque"
 REDIRECT_XATTR = "trusted.overlay.redirect"
-ORIGIN_XATTR = "trusted.imgfs.origin"
-"""Merged-index id of a copied-up entry's origin, so it keeps its inode number."""
-PRIVATE_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"trusted.imgfs.")
+ORIGIN_XATTR = "trusted.overlay.imgfs.origin"
+"""Merged-index id of a copied-up entry's origin, so it keeps its inode number; in the
+overlay-private namespace, so kernel overlayfs hides it too."""
+PRIVATE_PREFIX = b"trusted.overlay."
+ESCAPED_PREFIX = b"trusted.overlay.overlay."
+"""As kernel overlayfs (6.7+) does, a user's own trusted.overlay.X is stored escaped as
+trusted.overlay.overlay.X, so it can never be mistaken for the overlay's own."""
+
+
+def real_xattr(name: bytes) -> bytes:
+    """The name stored in a layer for an xattr name a user asked for."""
+    if name.startswith(PRIVATE_PREFIX):
+        return ESCAPED_PREFIX + name[len(PRIVATE_PREFIX) :]
+    return name
+
+
+def shown_xattr(real: bytes) -> bytes | None:
+    """The name a user sees for a stored xattr, or None for the overlay's private ones."""
+    if real.startswith(ESCAPED_PREFIX):
+        return PRIVATE_PREFIX + real[len(ESCAPED_PREFIX) :]
+    if real.startswith(PRIVATE_PREFIX):
+        return None
+    return real
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

@@ -33,6 +33,9 @@ class Node:
     opaque: bool = False
     upper_ino: int = 0
     """st_ino in the upper dir, to tell a reused upper inode number from this one."""
+    nlink_bias: int = 0
+    """Added to the upper nlink of a copied-up hard link: its lower names that are hidden
+    still count, as in overlayfs."""
     nlookup: int = 0
     extra_links: list[tuple[Node, bytes]] = field(default_factory=list)
     """Further names of a hard-linked file (the first is parent/name)."""

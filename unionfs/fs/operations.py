@@ -25,7 +25,6 @@ from unionfs.fs.copyup import CopyUp
 from unionfs.fs.layerfds import (
     OPAQUE_XATTR,
     ORIGIN_XATTR,
-    PRIVATE_XATTR_PREFIXES,
     REDIRECT_XATTR,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -34,7 +33,9 @@ from unionfs.fs.layerfds import (
     get_xattr,
     is_whiteout,
     open_dir,
+    real_xattr,
     renameat2,
+    shown_xattr,
 )
 from unionfs.fs.nodes import ROOT_INO, UPPER_INO_BASE, Node, NodeTable
 from unionfs.fs.spec import MountSpec
@@ -61,6 +62,7 @@ class Probe:
     upper: bool
     opaque: bool = False
     upper_st: os.stat_result | None = None
+    nlink_bias: int = 0
 
 
 @dataclass(slots=True)
@@ -151,11 +153,11 @@ class UnionOperations(pyfuse3.Operations):
                     merged = lower
             ino = self._lower_ino(merged) if merged else self._upper_ino(st)
             return Probe(ino, True, merged, True, opaque, st)
-        origin = get_xattr(path, ORIGIN_XATTR)
         ino = self._upper_ino(st)
-        if origin is not None and origin.isdigit() and 0 < int(origin) <= len(self.index):
-            ino = self._lower_ino(int(origin))
-        return Probe(ino, False, 0, True, False, st)
+        group, bias = parse_origin(get_xattr(path, ORIGIN_XATTR))
+        if 0 < group <= len(self.index):
+            ino = self._lower_ino(group)
+        return Probe(ino, False, 0, True, False, st, bias)
 
     def _resolve_redirect(self, parent: Node, redirect: bytes) -> int:
         if not redirect.startswith(b"/"):
@@ -187,10 +189,14 @@ class UnionOperations(pyfuse3.Operations):
             ino = self._dynamic.setdefault(key, self.table.dynamic_ino())
             node = self.table.get(ino)
         if node is None:
-            return Node(
+            node = Node(
                 ino, parent, name, probe.is_dir, probe.lower, probe.upper, probe.opaque, upper_ino
             )
+            node.nlink_bias = probe.nlink_bias
+            return node
         node.add_link(parent, name)
+        if probe.upper:
+            node.nlink_bias = probe.nlink_bias
         if probe.upper and not node.upper:
             node.upper, node.upper_ino = True, upper_ino
         node.lower, node.opaque = probe.lower, probe.opaque
@@ -225,7 +231,7 @@ class UnionOperations(pyfuse3.Operations):
         if node.upper:
             st = st or self.upper_lstat(node)
             a.st_mode, a.st_uid, a.st_gid = st.st_mode, st.st_uid, st.st_gid
-            a.st_nlink = 1 if node.is_dir and node.lower else st.st_nlink
+            a.st_nlink = 1 if node.is_dir and node.lower else st.st_nlink + node.nlink_bias
             a.st_rdev, a.st_size, a.st_blocks = st.st_rdev, st.st_size, st.st_blocks
             a.st_atime_ns, a.st_mtime_ns = st.st_atime_ns, st.st_mtime_ns
             a.st_ctime_ns = st.st_ctime_ns
@@ -278,7 +284,7 @@ class UnionOperations(pyfuse3.Operations):
             return self._attrs(node)
         await self.copy_up(node)
         pfd, name = self._upper_loc(node)
-        path = at(pfd, name) if name else f"/proc/self/fd/{pfd}"
+        path = at(pfd, name) if name else f"/proc/self/fd/{pfd}/."
         st = self.upper_lstat(node)
         if fields.update_uid or fields.update_gid:
             uid = attr.st_uid if fields.update_uid else -1
@@ -388,20 +394,23 @@ class UnionOperations(pyfuse3.Operations):
         parent = self.table[parent_inode]
         pfd, lower_has = self._prepare_create(parent, name)
         uid, gid, sgid = self._owner(parent, ctx)
-        os.mkdir(name, stat.S_IMODE(mode) | (stat.S_ISGID if sgid else 0), dir_fd=pfd)
+        dir_mode = stat.S_IMODE(mode) | (stat.S_ISGID if sgid else 0)
+        os.mkdir(name, dir_mode, dir_fd=pfd)
         os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
-        if sgid:
-            os.chmod(at(pfd, name), stat.S_IMODE(mode) | stat.S_ISGID)
+        os.chmod(at(pfd, name), dir_mode)  # chown cleared setuid/setgid
         if lower_has:
             os.setxattr(at(pfd, name), OPAQUE_XATTR, b"y", follow_symlinks=False)
         return self._created(parent, name)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        if stat.S_ISCHR(mode) and rdev == 0:
+            raise _err(errno.EPERM)  # that is a whiteout: overlayfs refuses to make one too
         parent = self.table[parent_inode]
         pfd, _ = self._prepare_create(parent, name)
         uid, gid, _ = self._owner(parent, ctx)
         os.mknod(name, mode, rdev, dir_fd=pfd)
         os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        os.chmod(at(pfd, name), stat.S_IMODE(mode))
         return self._created(parent, name)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
@@ -422,6 +431,7 @@ class UnionOperations(pyfuse3.Operations):
         fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=pfd)
         try:
             os.fchown(fd, uid, gid)
+            os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared setuid/setgid
         except BaseException:
             os.close(fd)
             raise
@@ -496,6 +506,8 @@ class UnionOperations(pyfuse3.Operations):
         flags: int,
         ctx: Any,
     ) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise _err(errno.EINVAL)  # RENAME_WHITEOUT: overlayfs refuses it too
         if self.read_only:
             raise _err(errno.EROFS)
         old_parent = self.table[parent_inode_old]
@@ -701,11 +713,9 @@ class UnionOperations(pyfuse3.Operations):
         return at(pfd, name), pfd
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        if name.startswith(PRIVATE_XATTR_PREFIXES):
-            raise _err(errno.ENODATA)
         path, fd = self._xattr_path(self.table[inode])
         try:
-            return os.getxattr(path, name, follow_symlinks=False)
+            return os.getxattr(path, real_xattr(name), follow_symlinks=False)
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
         finally:
@@ -719,24 +729,21 @@ class UnionOperations(pyfuse3.Operations):
         finally:
             if fd >= 0:
                 os.close(fd)
-        encoded = [os.fsencode(n) for n in names]
-        return [n for n in encoded if not n.startswith(PRIVATE_XATTR_PREFIXES)]
+        shown = (shown_xattr(os.fsencode(n)) for n in names)
+        return [n for n in shown if n is not None]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        if name.startswith(PRIVATE_XATTR_PREFIXES):
-            raise _err(errno.EPERM)
         node = self.table[inode]
         await self.copy_up(node)
         path, _ = self._xattr_path(node)
         try:
-            os.setxattr(path, name, value, follow_symlinks=False)
+            os.setxattr(path, real_xattr(name), value, follow_symlinks=False)
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        if name.startswith(PRIVATE_XATTR_PREFIXES):
-            raise _err(errno.ENODATA)
         node = self.table[inode]
+        name = real_xattr(name)
         path, fd = self._xattr_path(node)
         try:
             os.getxattr(path, name, follow_symlinks=False)  # ENODATA before any copy-up
@@ -751,6 +758,17 @@ class UnionOperations(pyfuse3.Operations):
             os.removexattr(path, name, follow_symlinks=False)
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
+
+
+def parse_origin(value: bytes | None) -> tuple[int, int]:
+    """(lower hard-link group, nlink bias) from the origin xattr ("GROUP" or "GROUP:BIAS")."""
+    if not value:
+        return 0, 0
+    group, _, bias = value.partition(b":")
+    try:
+        return int(group), int(bias or b"0")
+    except ValueError:
+        return 0, 0
 
 
 def _visible(entry: os.DirEntry[str]) -> bool:

@@ -130,6 +130,9 @@ def _link_groups(nodes: list[Node]) -> list[list[int]]:
     for i, node in enumerate(nodes):
         node.link_group = i + 1
         st = node.st
+        if not stat.S_ISDIR(st.st_mode):
+            # The layer inode's own count, hidden aliases included: overlayfs shows that.
+            node.nlink = st.st_nlink
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             by_inode.setdefault((node.layer, st.st_dev, st.st_ino), []).append(i + 1)
     groups = [ids for ids in by_inode.values() if len(ids) > 1]
@@ -137,7 +140,7 @@ def _link_groups(nodes: list[Node]) -> list[list[int]]:
     for ids in groups:
         for id_ in ids:
             node = nodes[id_ - 1]
-            node.link_group, node.nlink, node.links = ids[0], len(ids), ids
+            node.link_group, node.links = ids[0], ids
     return groups
 
 
