@@ -254,3 +254,19 @@ def test_concurrent_imports_and_tags_keep_the_layout_whole(root: Path) -> None:
         assert (root / "layers" / image.diff_ids[0][7:]).is_dir()
         for layer in image.layers:
             assert (root / "oci" / "blobs" / "sha256" / layer["digest"][7:]).is_file()
+
+
+def test_rmi_collects_the_merged_index_of_the_image(root: Path) -> None:
+    from unionfs import containers
+
+    from conftest import require_root
+
+    require_root()
+    store = ImageStore(root)
+    img = do_import(store, small_tar({"x": b"1"}), "indexed")
+    container = containers.create(store, "indexed")
+    indexes = list((root / "indexes").iterdir())
+    assert len(indexes) == 1 and len(indexes[0].name) == 64
+    containers.Containers(store).remove(container)
+    store.remove([img.id])
+    assert list((root / "indexes").iterdir()) == []

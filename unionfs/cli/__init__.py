@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from unionfs import __version__
+from unionfs.cli import containers as container_cmds
 from unionfs.cli import images as images_cmds
 from unionfs.errors import ImgfsError
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     images_cmds.register(sub)
+    container_cmds.register(sub)
     return parser
 
 

@@ -24,11 +24,13 @@ _ROOT_OPTIONS = ("dev", "suid")
 def fuse_options(spec: MountSpec) -> set[str]:
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
     options |= {f"fsname={spec.fsname}", "subtype=imgfs"}
+    asked = {o for o in spec.options if o and o != "rw"}
     if os.geteuid() == 0:
-        options |= set(_ROOT_OPTIONS)
+        # A root mount is a rootfs: keep device nodes and setuid, unless asked not to.
+        options |= {o for o in _ROOT_OPTIONS if f"no{o}" not in asked}
     if spec.read_only:
         options.add("ro")
-    options |= {o for o in spec.options if o and o != "rw"}
+    options |= asked
     return options
 
 

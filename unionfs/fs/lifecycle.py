@@ -14,6 +14,7 @@ mount (the daemon was killed): every access gives ENOTCONN until it is lazily un
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -255,15 +256,14 @@ def _absolute(spec: MountSpec) -> MountSpec:
     def ab(p: Path | None) -> Path | None:
         return None if p is None else Path(os.path.abspath(p))
 
-    return MountSpec(
+    return dataclasses.replace(
+        spec,
         lower_dirs=[Path(os.path.abspath(d)) for d in spec.lower_dirs],
         mountpoint=normalize(spec.mountpoint),
         upper_dir=ab(spec.upper_dir),
         work_dir=ab(spec.work_dir),
         index_path=ab(spec.index_path),
         options=list(spec.options),
-        fsname=spec.fsname,
-        debug=spec.debug,
     )
 
 
@@ -395,9 +395,16 @@ def _spawn(spec: MountSpec, state_file: Path | None, extra: dict[str, Any]) -> i
         finally:
             os._exit(code)
     os.close(w)
+    seen: dict[str, int] = {}
     try:
         os.waitpid(child, 0)
-        pid, status, message = _read_report(r)
+        pid, status, message = _read_report(r, seen)
+    except KeyboardInterrupt:
+        # Interrupted while the daemon sets up: it must not go on to mount behind our back.
+        if "pid" in seen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(seen["pid"], signal.SIGTERM)
+        raise
     finally:
         os.close(r)
     if status == "ok" and pid is not None:
@@ -408,7 +415,7 @@ def _spawn(spec: MountSpec, state_file: Path | None, extra: dict[str, Any]) -> i
     raise ImgfsError(f"the mount daemon for {spec.mountpoint} exited before it was ready{hint}")
 
 
-def _read_report(r: int) -> tuple[int | None, str | None, str]:
+def _read_report(r: int, seen: dict[str, int]) -> tuple[int | None, str | None, str]:
     """Lines from the daemon: `pid N`, then `ok` or `error MESSAGE`; EOF if it died."""
     buf = b""
     pid: int | None = None
@@ -424,7 +431,7 @@ def _read_report(r: int) -> tuple[int | None, str | None, str]:
             line, buf = buf.split(b"\n", 1)
             text = line.decode("utf-8", "replace")
             if text.startswith("pid "):
-                pid = int(text[4:])
+                pid = seen["pid"] = int(text[4:])
             elif text == "ok":
                 return pid, "ok", ""
             elif text.startswith("error "):

@@ -90,11 +90,13 @@ class UnionOperations(pyfuse3.Operations):
         self.copyup: CopyUp | None = None
         has_lower = bool(spec.lower_dirs) and len(index) > 0
         root = Node(ROOT_INO, None, b"", True, lower=1 if has_lower else 0, nlookup=1)
-        if not self.read_only:
-            assert spec.upper_dir is not None and spec.work_dir is not None
+        if spec.upper_dir is not None:
+            # A read-only mount of a container still shows its changes.
             self.upper_fd = os.open(spec.upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             root.upper = True
             root.ufd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.upper_fd)
+        if not self.read_only:
+            assert spec.work_dir is not None
             self.copyup = CopyUp(self, spec.work_dir)
         self.table.add(root)
         self.root = root
@@ -672,9 +674,14 @@ class UnionOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         handle = self.dirs[fh]
         if handle.names is None or start_id == 0:
-            handle.names = self._list(handle.node)
+            handle.names = [b".", b"..", *self._list(handle.node)]
         names = handle.names
         for i in range(start_id, len(names)):
+            if i < 2:  # the kernel takes no reference for "." and ".."
+                node = handle.node if i == 0 else (handle.node.parent or self.root)
+                if not pyfuse3.readdir_reply(token, names[i], self._attrs(node), i + 1):
+                    return
+                continue
             probe = self._probe(handle.node, names[i])
             if probe is None:
                 continue  # removed since the listing was taken
@@ -688,7 +695,7 @@ class UnionOperations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         node = self.dirs[fh].node
-        if node.upper:
+        if node.upper and not self.read_only:
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.upper_dir_fd(node))
             try:
                 os.fsync(fd)

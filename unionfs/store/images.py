@@ -294,6 +294,18 @@ class ImageStore:
                     key = "sha256:" + p.name.removesuffix(".json")
                     if key not in live_layers and not p.name.startswith("."):
                         _remove_path(p, self.paths.tmp)
+            self._collect_indexes()
+
+    def _collect_indexes(self) -> None:
+        """Drop merged indexes of layer chains no image has any more."""
+        if not self.paths.indexes.is_dir():
+            return
+        from unionfs.index import chain_id
+
+        live = {chain_id(i.diff_ids).removeprefix("sha256:") for i in self.images() if i.diff_ids}
+        for p in self.paths.indexes.iterdir():
+            if len(p.name) == 64 and p.name not in live:
+                _remove_path(p, self.paths.tmp)
 
     def _mark(self, digest: str, media_type: str, blobs: set[str], layers: set[str]) -> None:
         blobs.add(digest)

@@ -41,6 +41,11 @@ class StorePaths:
         return self.root / "layers"
 
     @property
+    def indexes(self) -> Path:
+        """Merged lower indexes, one per chain of layers, named by chain id hex."""
+        return self.root / "indexes"
+
+    @property
     def containers(self) -> Path:
         return self.root / "containers"
 
