@@ -290,3 +290,17 @@ def test_umount_refuses_other_filesystems(
         assert is_mounted(mnt)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_rmi_refuses_an_image_that_is_mounted(
+    imgfs: ImgfsRunner, busybox: str, mountpoint: Callable[..., Path]
+) -> None:
+    require_fuse()
+    mnt = mountpoint()
+    imgfs("mount", "busybox", str(mnt))
+    try:
+        assert_user_error(imgfs("rmi", "busybox", check=False), "mount at")
+        assert (mnt / "bin" / "busybox").is_file()
+    finally:
+        imgfs("umount", str(mnt))
+    imgfs("rmi", "busybox")

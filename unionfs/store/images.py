@@ -253,9 +253,10 @@ class ImageStore:
                     "image is referenced in multiple repositories"
                 )
             if users and not force:
+                user = users[0] if users[0].startswith("mount") else f"container {users[0][:12]}"
                 raise Conflict(
-                    f"unable to remove {name}: image {image.short_id} is used by container "
-                    f"{users[0][:12]} (remove the container, or use -f)"
+                    f"unable to remove {name}: image {image.short_id} is used by {user} "
+                    "(remove the container or unmount it, or use -f)"
                 )
             report += ["Untagged: {}:{}".format(*display_ref(t)) for t in tags]
             entries[:] = [e for e in entries if e.digest != image.manifest_digest]
@@ -267,16 +268,20 @@ class ImageStore:
         return report
 
     def containers_using(self, image_id: str) -> list[str]:
-        """IDs of container records (containers/<id>/config.json) built on this image."""
+        """Who needs this image's layers: container records (containers/<id>/config.json)
+        built on it, and read-only mounts of it (mounts/*.json, named by their mountpoint)."""
         users = []
         if self.paths.containers.is_dir():
             for d in sorted(self.paths.containers.iterdir()):
-                try:
-                    record = json.loads((d / "config.json").read_bytes())
-                except (OSError, ValueError):
-                    continue
+                record = _read_json(d / "config.json")
                 if record.get("image_id") == image_id:
                     users.append(d.name)
+        mounts = self.paths.root / "mounts"
+        if mounts.is_dir():
+            for f in sorted(mounts.glob("*.json")):
+                record = _read_json(f)
+                if (record.get("extra") or {}).get("image_id") == image_id:
+                    users.append(f"mount at {record.get('mountpoint')}")
         return users
 
     def collect_garbage(self) -> None:
@@ -344,6 +349,14 @@ class ImageStore:
             size = self.layer_size(diff_id)
             total += size if size is not None else int(layer.get("size") or 0)
         return total
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def canonical_json(doc: dict[str, Any]) -> bytes:
