@@ -22,6 +22,7 @@ from unionfs.fs.layerfds import (
     ORIGIN_XATTR,
     at,
     get_xattr,
+    is_whiteout,
     open_dir,
     shown_xattr,
 )
@@ -90,6 +91,8 @@ class CopyUp:
             self.copy_up_dir(node.parent)
             pfd = self.ops.upper_dir_fd(node.parent)
             await self._copy_file(node.lower, pfd, node.name)
+            for parent, name in node.extra_links:  # names the kernel knows, wherever they are
+                self.link_name(node, parent, name)
             self._link_aliases(node, pfd)
             st = os.lstat(node.name, dir_fd=pfd)
             lower_nlink = self.ops.index.entry(node.lower).nlink
@@ -149,6 +152,23 @@ class CopyUp:
             os.utime(tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd,
                      follow_symlinks=False)
         self._install(tmp, pfd, name)
+
+    def link_name(self, node: Node, parent: Node, name: bytes) -> None:
+        """Give a copied-up hard link another of its names in the upper dir (a name that
+        still showed the lower file), so every name keeps showing one inode."""
+        assert node.parent is not None
+        self.copy_up_dir(parent)
+        dst = self.ops.upper_dir_fd(parent)
+        try:
+            st = os.lstat(name, dir_fd=dst)
+        except FileNotFoundError:
+            pass
+        else:
+            if st.st_ino == node.upper_ino or not is_whiteout(st):
+                return
+            os.unlink(name, dir_fd=dst)
+        src = self.ops.upper_dir_fd(node.parent)
+        os.link(node.name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
 
     def _link_aliases(self, node: Node, pfd: int) -> None:
         """Link the other visible names of a hard-linked lower file to the new upper copy."""

@@ -199,6 +199,10 @@ class UnionOperations(pyfuse3.Operations):
         node.add_link(parent, name)
         if probe.upper:
             node.nlink_bias = probe.nlink_bias
+        elif node.upper and not node.is_dir and self.copyup is not None:
+            # A name of a copied-up lower hard link that still shows the lower file.
+            self.copyup.link_name(node, parent, name)
+            return node
         if probe.upper and not node.upper:
             node.upper, node.upper_ino = True, upper_ino
         node.lower, node.opaque = probe.lower, probe.opaque

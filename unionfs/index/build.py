@@ -75,7 +75,7 @@ def _entries(tree: MergedTree) -> tuple[bytes, bytes, bytes]:
         st = node.st
         if len(node.name) > MAX_NAME:
             raise ValueError(f"name too long for the index: {node.name!r}")
-        start, count = (link_start[node.link_group], node.nlink) if node.links else (0, 0)
+        start, count = (link_start[node.link_group], len(node.links)) if node.links else (0, 0)
         pack(
             records,
             i * ENTRY_SIZE,

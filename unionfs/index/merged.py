@@ -40,8 +40,9 @@ _U32 = struct.Struct("<I")
 class LowerEntry:
     """One merged entry: its place in the tree and the lstat of the layer providing it.
 
-    `nlink` is the merged view's: for a directory 2 + its merged subdirectories, for a
-    hard link the number of visible aliases in its group (hidden ones don't count).
+    `nlink` is what overlayfs reports: for a directory 2 + its merged subdirectories, for
+    anything else the layer inode's own count (names hidden by higher layers included);
+    `link_group` lists only the visible names.
     """
 
     id: int
