@@ -327,6 +327,7 @@ class Containers:
             index_path=ensure_index(self.store, container.diff_ids, lower),
             options=list(options or []),
             fsname=container.fsname,
+            control=True,  # commit pauses writes through it
         )
 
     def mount(

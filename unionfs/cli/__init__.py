@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from unionfs import __version__
+from unionfs.cli import archive as archive_cmds
+from unionfs.cli import commit as commit_cmds
 from unionfs.cli import containers as container_cmds
+from unionfs.cli import diff as diff_cmds
 from unionfs.cli import images as images_cmds
 from unionfs.errors import ImgfsError
 
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     images_cmds.register(sub)
     container_cmds.register(sub)
+    diff_cmds.register(sub)
+    commit_cmds.register(sub)
+    archive_cmds.register(sub)
     return parser
 
 

@@ -8,11 +8,13 @@ import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
 
 from unionfs.errors import ImgfsError
+from unionfs.fs.control import serve_control
 from unionfs.fs.spec import MountSpec
 
 log = logging.getLogger(__name__)
@@ -75,15 +77,17 @@ def serve(spec: MountSpec, on_ready: Callable[[], None] | None = None) -> None:
     try:
         if on_ready is not None:
             on_ready()
-        trio.run(_main)
+        trio.run(_main, spec, ops)
     finally:
         pyfuse3.close(unmount=True)
         ops.close()
 
 
-async def _main() -> None:
+async def _main(spec: MountSpec, ops: Any) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+        if spec.control and spec.upper_dir is not None and not spec.read_only:
+            nursery.start_soon(serve_control, spec.upper_dir, ops.gate)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyfuse3
 
+from unionfs.fs.control import WriteGate
 from unionfs.fs.copyup import CopyUp
 from unionfs.fs.layerfds import (
     OPAQUE_XATTR,
@@ -88,6 +89,7 @@ class UnionOperations(pyfuse3.Operations):
         self._dynamic: dict[tuple[str, int], int] = {}
         self.upper_fd = -1
         self.copyup: CopyUp | None = None
+        self.gate = WriteGate()
         has_lower = bool(spec.lower_dirs) and len(index) > 0
         root = Node(ROOT_INO, None, b"", True, lower=1 if has_lower else 0, nlookup=1)
         if spec.upper_dir is not None:
@@ -589,7 +591,12 @@ class UnionOperations(pyfuse3.Operations):
             node.opaque = True
 
     async def _exchange(
-        self, old_parent: Node, name_old: bytes, src: Node, new_parent: Node, name_new: bytes,
+        self,
+        old_parent: Node,
+        name_old: bytes,
+        src: Node,
+        new_parent: Node,
+        name_new: bytes,
         dst: Node,
     ) -> None:
         await self._move_up(src)
@@ -617,8 +624,9 @@ class UnionOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         node = self.table[inode]
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
-        if writing:
-            await self.copy_up(node)
+        if writing and not node.upper:
+            async with self.gate.change():
+                await self.copy_up(node)
         if node.upper:
             pfd, name = self._upper_loc(node)
             fd = os.open(name, _file_flags(flags), dir_fd=pfd)
@@ -798,15 +806,41 @@ def _file_flags(flags: int) -> int:
     return flags | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+# Handlers that change the upper dir: held while a commit reads it (fs/control.py).
+CHANGES = frozenset(
+    {
+        "setattr",
+        "mknod",
+        "mkdir",
+        "unlink",
+        "rmdir",
+        "symlink",
+        "rename",
+        "link",
+        "create",
+        "write",
+        "setxattr",
+        "removexattr",
+        "fsync",
+    }
+)
+
+
 def _errno_replies(cls: type) -> type:
-    """Wrap every handler so an OSError becomes the errno reply, never a daemon crash."""
+    """Wrap every handler so an OSError becomes the errno reply, never a daemon crash, and
+    every change passes the write gate."""
     import functools
 
     def wrap(fn: Any) -> Any:
+        gated = fn.__name__ in CHANGES
+
         @functools.wraps(fn)
-        async def handler(*args: Any, **kwargs: Any) -> Any:
+        async def handler(self: UnionOperations, *args: Any, **kwargs: Any) -> Any:
             try:
-                return await fn(*args, **kwargs)
+                if gated:
+                    async with self.gate.change():
+                        return await fn(self, *args, **kwargs)
+                return await fn(self, *args, **kwargs)
             except OSError as e:
                 raise _err(e.errno or errno.EIO) from None
             except (KeyError, IndexError):

@@ -21,6 +21,8 @@ class MountSpec:
     """FUSE mount options passed through (allow_other, ro, ...)."""
     fsname: str = "imgfs"
     debug: bool = False
+    control: bool = False
+    """Serve pause/resume requests (commit of a mounted container), see fs/control.py."""
 
     @property
     def read_only(self) -> bool:
