@@ -9,11 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import data, import_bench, machine, report
-from benchmarks.harness import Case, CaseResult, rmtree, run_case
+from benchmarks import data, import_bench, machine, mount_bench, report
+from benchmarks.harness import Case, CaseResult, rmtree, run_case, unmount_under
 
 BENCHMARKS: dict[str, Callable[[data.Dataset, bool], list[Case]]] = {
     "import": import_bench.cases,
+    "mount": mount_bench.cases,
 }
 """Each benchmark turns a data set (and the --quick flag) into its cases."""
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = data.prepare(args.data)
     scratch = args.scratch or data.cache_dir() / "scratch"
+    unmount_under(scratch)  # an interrupted run's mounts: never delete through them
     rmtree(scratch)
     scratch.mkdir(parents=True)
     started = datetime.datetime.now().astimezone()
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.warmup} warm-up + {args.reps} reps\n"
                 )
                 results.append(run_case(case, reps=args.reps, warmup=args.warmup, scratch=scratch))
-    finally:
+    finally:  # also on Ctrl-C: nothing stays mounted, nothing stays behind
+        unmount_under(scratch)
         rmtree(scratch)
 
     tools = ["tar"] + [t for r in results for c in r.case.contenders for t in c.requires]
@@ -95,4 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # everything was unmounted and removed on the way out
+        sys.stderr.write("benchmarks: interrupted\n")
+        raise SystemExit(130) from None

@@ -110,12 +110,26 @@ def to_markdown(results: list[CaseResult], meta: dict[str, Any]) -> str:
     for r in results:
         out += [f"- {note}" for note in r.case.notes]
     out += ["", table(results), ""]
-    for r in results:
-        for o in r.outcomes:
-            if metrics := o.median_metrics():
-                shown = ", ".join(f"{k} {_metric(k, v)}" for k, v in metrics.items())
-                out.append(f"- {r.case.workload} / {o.contender.name}: {shown}")
+    if metrics := metrics_table(results):
+        out += ["Metrics (medians over the measured reps):", "", metrics, ""]
     return "\n".join(out) + "\n"
+
+
+def metrics_table(results: list[CaseResult]) -> str:
+    """Per-contender numbers besides time (blob size, daemon CPU and RSS, ...), one row each."""
+    rows = [(r, o, o.median_metrics()) for r in results for o in r.outcomes]
+    keys = sorted({k for _, _, m in rows for k in m})
+    if not keys:
+        return ""
+    lines = [
+        "| " + " | ".join(["Workload", "Contender", *keys]) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(keys)) + "|",
+    ]
+    for r, o, m in rows:
+        if m:
+            cells = [_metric(k, m[k]) if k in m else "" for k in keys]
+            lines.append("| " + " | ".join([r.case.workload, o.contender.name, *cells]) + " |")
+    return "\n".join(lines)
 
 
 def _metric(key: str, value: float) -> str:
