@@ -64,12 +64,16 @@ class Probe:
     opaque: bool = False
     upper_st: os.stat_result | None = None
     nlink_bias: int = 0
+    entry: Any = None
+    """The decoded lower entry, when the probe already read it."""
 
 
 @dataclass(slots=True)
 class DirHandle:
     node: Node
     names: list[bytes] | None = None
+    ids: list[int] | None = None
+    """Lower entry ids, for a directory only the lower layers have (no names needed)."""
 
 
 class UnionOperations(pyfuse3.Operations):
@@ -87,6 +91,7 @@ class UnionOperations(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._dynamic: dict[tuple[str, int], int] = {}
+        self._lower_xattrs: dict[int, frozenset[bytes]] = {}
         self.upper_fd = -1
         self.copyup: CopyUp | None = None
         self.gate = WriteGate()
@@ -141,8 +146,11 @@ class UnionOperations(pyfuse3.Operations):
                 return self._probe_upper(parent, name, st, lower)
         if not lower:
             return None
-        entry_is_dir = self.index.is_dir(lower)
-        return Probe(self._lower_ino(lower), entry_is_dir, lower, False)
+        return Probe(self._lower_ino(lower), self.index.is_dir(lower), lower, False)
+
+    def _lower_probe(self, ident: int) -> Probe:
+        e = self.index.entry(ident)
+        return Probe(e.link_group, stat.S_ISDIR(e.mode), ident, False, entry=e)
 
     def _probe_upper(self, parent: Node, name: bytes, st: os.stat_result, lower: int) -> Probe:
         path = at(self.upper_dir_fd(parent), name)
@@ -231,7 +239,9 @@ class UnionOperations(pyfuse3.Operations):
         assert node.parent is not None
         return os.lstat(node.name, dir_fd=self.upper_dir_fd(node.parent))
 
-    def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+    def _attrs(
+        self, node: Node, st: os.stat_result | None = None, entry: Any = None
+    ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.entry_timeout = a.attr_timeout = TIMEOUT
@@ -245,7 +255,11 @@ class UnionOperations(pyfuse3.Operations):
             a.st_ctime_ns = st.st_ctime_ns
             node.upper_ino = st.st_ino
         else:
-            e = self.index.entry(node.lower)
+            e = (
+                entry
+                if entry is not None and entry.id == node.lower
+                else self.index.entry(node.lower)
+            )
             a.st_mode, a.st_uid, a.st_gid, a.st_nlink = e.mode, e.uid, e.gid, e.nlink
             a.st_rdev, a.st_size, a.st_blocks = e.rdev, e.size, e.blocks
             a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = e.atime_ns, e.mtime_ns, e.ctime_ns
@@ -686,7 +700,12 @@ class UnionOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         handle = self.dirs[fh]
         if handle.names is None or start_id == 0:
-            handle.names = [b".", b"..", *self._list(handle.node)]
+            if handle.node.upper:
+                handle.ids = None
+                handle.names = [b".", b"..", *self._list(handle.node)]
+            else:  # a directory only the lower layers have: the index answers alone
+                handle.ids = [0, 0, *self.index.children(handle.node.lower)]
+                handle.names = [b".", b"..", *(b"" for _ in handle.ids[2:])]
         names = handle.names
         for i in range(start_id, len(names)):
             if i < 2:  # the kernel takes no reference for "." and ".."
@@ -694,11 +713,17 @@ class UnionOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, names[i], self._attrs(node), i + 1):
                     return
                 continue
-            probe = self._probe(handle.node, names[i])
-            if probe is None:
-                continue  # removed since the listing was taken
-            node = self._node(handle.node, names[i], probe)
-            if not pyfuse3.readdir_reply(token, names[i], self._attrs(node, probe.upper_st), i + 1):
+            if handle.ids is None:
+                name = names[i]
+                probe = self._probe(handle.node, name)
+                if probe is None:
+                    continue  # removed since the listing was taken
+            else:
+                probe = self._lower_probe(handle.ids[i])
+                name = probe.entry.name
+            node = self._node(handle.node, name, probe)
+            attrs = self._attrs(node, probe.upper_st, probe.entry)
+            if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
                 return
             self._remember(node)
 
@@ -731,8 +756,25 @@ class UnionOperations(pyfuse3.Operations):
         pfd, name = self.layers.parent_fd(e.layer, path)
         return at(pfd, name), pfd
 
+    def _lower_xattr_names(self, ident: int) -> frozenset[bytes]:
+        """Names of a lower entry's xattrs, read once: `ls -l` asks every entry for
+        security.selinux and the ACLs, and lower entries never change."""
+        names = self._lower_xattrs.get(ident)
+        if names is None:
+            path, fd = self._xattr_path_lower(ident)
+            try:
+                names = frozenset(os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False))
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            self._lower_xattrs[ident] = names
+        return names
+
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        path, fd = self._xattr_path(self.table[inode])
+        node = self.table[inode]
+        if not node.upper and real_xattr(name) not in self._lower_xattr_names(node.lower):
+            raise _err(errno.ENODATA)
+        path, fd = self._xattr_path(node)
         try:
             return os.getxattr(path, real_xattr(name), follow_symlinks=False)
         except OSError as e:
@@ -742,13 +784,13 @@ class UnionOperations(pyfuse3.Operations):
                 os.close(fd)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        path, fd = self._xattr_path(self.table[inode])
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        shown = (shown_xattr(os.fsencode(n)) for n in names)
+        node = self.table[inode]
+        if node.upper:
+            path, _ = self._xattr_path(node)
+            names = [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)]
+        else:
+            names = sorted(self._lower_xattr_names(node.lower))
+        shown = (shown_xattr(n) for n in names)
         return [n for n in shown if n is not None]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
