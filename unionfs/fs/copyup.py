@@ -233,7 +233,10 @@ class CopyUp:
         return f"#{secrets.token_hex(8)}"
 
     def _install(self, tmp: str, pfd: int, name: bytes) -> None:
+        """Move a finished copy into place; like overlayfs, the parent keeps its times."""
+        st = os.stat(pfd)
         os.rename(tmp, name, src_dir_fd=self.work_fd, dst_dir_fd=pfd)
+        os.utime(f"/proc/self/fd/{pfd}/.", ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def _copy_xattrs(self, lower: int, target: int | str) -> None:
         """Copy the lower entry's xattrs (but the overlay-private ones) to `target`."""
