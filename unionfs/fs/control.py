@@ -18,11 +18,13 @@ import struct
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-
-import trio
+from typing import TYPE_CHECKING
 
 from unionfs.errors import ImgfsError
 from unionfs.safeio import syncfs
+
+if TYPE_CHECKING:
+    import trio
 
 PAUSE_TIMEOUT = 60.0
 
@@ -36,6 +38,9 @@ class WriteGate:
     """Counts changes in flight; `pause` waits for them to end and holds new ones."""
 
     def __init__(self) -> None:
+        import trio  # the daemon's side only: clients (commit, diff) start faster without it
+
+        self._trio = trio
         self._open = trio.Event()
         self._open.set()
         self._inflight = 0
@@ -49,7 +54,7 @@ class WriteGate:
             await self._open.wait()
         self._inflight += 1
         if self._inflight == 1:
-            self._idle = trio.Event()
+            self._idle = self._trio.Event()
         try:
             yield
         finally:
@@ -60,7 +65,7 @@ class WriteGate:
     @asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
         async with self._pause_lock:
-            self._open = trio.Event()
+            self._open = self._trio.Event()
             try:
                 await self._idle.wait()
                 yield
@@ -70,6 +75,8 @@ class WriteGate:
 
 async def serve_control(upper_dir: Path, gate: WriteGate) -> None:
     """Answer pause requests for this mount until cancelled."""
+    import trio
+
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(socket_name(upper_dir))
     sock.listen(8)
@@ -78,6 +85,8 @@ async def serve_control(upper_dir: Path, gate: WriteGate) -> None:
 
 
 async def _handle(stream: trio.SocketStream, gate: WriteGate) -> None:
+    import trio
+
     async with stream:
         uid = _peer_uid(stream.socket)
         if uid not in (0, os.geteuid()):
