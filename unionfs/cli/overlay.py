@@ -11,6 +11,10 @@ options (passed through), and fuse-overlayfs tuning options (accepted and ignore
 each for the reason in IGNORED). The merged index is built at mount time (in
 `W/imgfs-index`, or in a temp file when read-only); the command returns once the mount
 is ready, unless -f. `fusermount3 -u MERGED` (or `umount`) unmounts and stops it.
+
+Run by an unprivileged user, it mounts through fusermount3 (as libfuse does) and writes
+the upper dir in kernel overlayfs's `-o userxattr` format (`user.overlay.*` xattrs);
+`-o userxattr` asks root for that format too.
 """
 
 from __future__ import annotations
@@ -60,9 +64,9 @@ PASSTHROUGH = {
 PASSTHROUGH_VALUES = ("context=", "fscontext=", "defcontext=", "rootcontext=", "max_read=")
 
 IGNORED = {
-    "squash_to_root": "owners are shown as stored; imgfs runs as root with identity ids",
-    "squash_to_uid": "owners are shown as stored; imgfs runs as root with identity ids",
-    "squash_to_gid": "owners are shown as stored; imgfs runs as root with identity ids",
+    "squash_to_root": "owners are shown as stored (identity ids)",
+    "squash_to_uid": "owners are shown as stored (identity ids)",
+    "squash_to_gid": "owners are shown as stored (identity ids)",
     "noacl": "imgfs does not implement POSIX ACLs; the kernel checks modes",
     "fast_ino": "inode numbers always come from the merged index (stable, no extra cost)",
     "static_nlink": "link counts come from the merged index at no extra cost",
@@ -73,10 +77,10 @@ IGNORED = {
     "threaded": "the daemon's concurrency is its own (trio tasks)",
     "writeback": "the writeback cache is always on",
     "timeout": "the daemon chooses its cache timeouts",
-    "redirect_dir": "renaming lower directories always works (redirects as overlayfs writes them)",
+    "redirect_dir": "renaming lower directories always works (a redirect as overlayfs writes "
+    "it; in the userxattr format, where the kernel follows none, a copy-up of the whole dir)",
     "index": "hard links always keep their link counts",
     "metacopy": "copy-up always copies data and metadata",
-    "userxattr": "layer dirs may use either trusted.overlay.* or user.overlay.* xattrs",
     "xino": "inode numbers always come from the merged index",
 }
 
@@ -153,10 +157,13 @@ def spec_from_args(args: argparse.Namespace) -> MountSpec:
     upperdir = opts.pop("upperdir", None)
     workdir = opts.pop("workdir", None)
     fsname = opts.pop("fsname", None) or PROG
+    userxattr = False
     fuse_options: list[str] = []
     for key, val in opts.items():
         if key == "debug" and val is None:
             args.debug = True  # as libfuse's -o debug
+        elif key == "userxattr" and val is None:
+            userxattr = True  # the upper dir's format; without root, the only one there is
         elif key in ("uidmapping", "gidmapping"):
             parse_mapping(key, val or "")
         elif key in IGNORED:
@@ -198,6 +205,7 @@ def spec_from_args(args: argparse.Namespace) -> MountSpec:
         options=fuse_options,
         fsname=fsname,
         debug=args.debug,
+        userxattr=userxattr,
     )
 
 

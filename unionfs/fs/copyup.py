@@ -4,27 +4,30 @@ Each entry is built under the work dir and renamed into place, so a crash never 
 a half-copied file visible. A lower file with hard links is copied once and linked at
 each of its visible names, so the links stay links. Large files are copied in a worker
 thread (FICLONE, else copy_file_range) so one big copy-up does not stall every request.
+
+An unprivileged daemon copies what it may: owners it cannot give are its own (see
+`UnionOperations.set_owner`), and xattrs it may not set (security.*) are left out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
 from unionfs.fs.layerfds import (
-    ORIGIN_XATTR,
     at,
     get_xattr,
     is_whiteout,
     open_dir,
-    shown_xattr,
 )
 from unionfs.fs.nodes import Node
 
@@ -68,14 +71,63 @@ class CopyUp:
         tmp = self._tmp_name()
         os.mkdir(tmp, 0o700, dir_fd=self.work_fd)
         fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.work_fd)
+        mode = stat.S_IMODE(entry.mode)
+        # Moving a dir to another parent takes write access to it (its ".."), which root
+        # has anyway; without root, a read-only mode is set once it is in place.
+        held = mode | stat.S_IWUSR if self.ops.unprivileged else mode
         try:
             self._copy_xattrs(lower, fd)
-            os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, stat.S_IMODE(entry.mode))
+            self.ops.set_owner(fd, entry.uid, entry.gid)
+            os.fchmod(fd, held)
             os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
         finally:
             os.close(fd)
         self._install(tmp, pfd, name)
+        if held != mode:
+            os.chmod(at(pfd, name), mode)
+
+    # -- whole trees -------------------------------------------------------------
+
+    async def copy_up_tree(self, node: Node) -> None:
+        """Copy a merged directory up with everything below it, then make it opaque: how a
+        lower directory is renamed in the userxattr format, where kernel overlayfs follows
+        no redirects (it would answer EXDEV and leave the copy to `mv`). The view does not
+        change; the directories keep their inode numbers through the origin xattr."""
+        ops = self.ops
+        await self._fill(node)
+        pfd, name = ops._upper_loc(node)
+        os.setxattr(at(pfd, name), ops.fmt.opaque, b"y", follow_symlinks=False)
+        # Nothing below shows a lower entry any more: forget the merged lower dirs, and
+        # drop the whiteouts, which hide nothing now (the kernel would list them).
+        for other in list(ops.table.nodes.values()):
+            if other.is_dir and other.lower and _below(other, node):
+                other.lower, other.opaque = 0, False
+        node.lower, node.opaque = 0, True
+        self._drop_whiteouts(ops.upper_dir_fd(node))
+
+    async def _fill(self, node: Node) -> None:
+        """Copy up a directory and every lower entry its merged view shows below it."""
+        ops = self.ops
+        self.copy_up_dir(node)
+        if node.lower and ops.index.is_dir(node.lower):
+            pfd, name = ops._upper_loc(node)
+            if name:
+                group = str(ops.index.entry(node.lower).link_group).encode()
+                os.setxattr(at(pfd, name), ops.fmt.origin, group, follow_symlinks=False)
+        for child_id in ops.index.children(node.lower) if node.lower else ():
+            child_name = ops.index.entry(child_id).name
+            probe = ops._probe(node, child_name)
+            if probe is None or (probe.upper and not (probe.is_dir and probe.lower)):
+                continue  # a whiteout, or an upper entry with nothing lower below it
+            child = ops._node(node, child_name, probe)
+            if not child.is_dir:
+                await self.copy_up(child)
+                continue
+            try:
+                await self._fill(child)
+            finally:
+                if ops.table.get(child.ino) is not child:
+                    child.close_fd()  # a node made for this walk only
 
     # -- files -------------------------------------------------------------------
 
@@ -99,7 +151,11 @@ class CopyUp:
             if lower_nlink > st.st_nlink and not stat.S_ISLNK(st.st_mode):
                 node.nlink_bias = lower_nlink - st.st_nlink
                 value = f"{self.ops.index.entry(node.lower).link_group}:{node.nlink_bias}"
-                os.setxattr(at(pfd, node.name), ORIGIN_XATTR, value.encode(), follow_symlinks=False)
+                if self.ops.carries_origin(st.st_mode):
+                    origin = self.ops.fmt.origin
+                    os.setxattr(at(pfd, node.name), origin, value.encode(), follow_symlinks=False)
+            if not self.ops.carries_origin(st.st_mode):
+                self.ops.copied_inos[st.st_ino] = node.ino
             node.upper = True
             node.upper_ino = st.st_ino
         self._locks.pop(node.ino, None)
@@ -120,9 +176,9 @@ class CopyUp:
                     else:
                         copy_data(src, dst, entry.size)
                     self._copy_xattrs(lower, dst)
-                    os.fchown(dst, entry.uid, entry.gid)
+                    self.ops.set_owner(dst, entry.uid, entry.gid)
                     os.fchmod(dst, stat.S_IMODE(entry.mode))  # after chown: it clears setuid
-                    os.setxattr(dst, ORIGIN_XATTR, str(entry.link_group).encode())
+                    os.setxattr(dst, self.ops.fmt.origin, str(entry.link_group).encode())
                     os.utime(dst, ns=(entry.atime_ns, entry.mtime_ns))
                 finally:
                     os.close(dst)
@@ -138,19 +194,22 @@ class CopyUp:
                 os.symlink(target, tmp, dir_fd=self.work_fd)
             else:
                 os.mknod(tmp, kind | 0o600, entry.rdev, dir_fd=self.work_fd)
-            os.chown(tmp, entry.uid, entry.gid, dir_fd=self.work_fd, follow_symlinks=False)
+            self.ops.set_owner(
+                tmp, entry.uid, entry.gid, dir_fd=self.work_fd, follow_symlinks=False
+            )
             tpath = at(self.work_fd, os.fsencode(tmp))
             if kind != stat.S_IFLNK:
                 os.chmod(tpath, stat.S_IMODE(entry.mode))
             origin = str(entry.link_group).encode()
             try:
-                os.setxattr(tpath, ORIGIN_XATTR, origin, follow_symlinks=False)
+                os.setxattr(tpath, self.ops.fmt.origin, origin, follow_symlinks=False)
                 self._copy_xattrs(lower, tpath)
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.ENOTSUP):
                     raise
-            os.utime(tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd,
-                     follow_symlinks=False)
+            os.utime(
+                tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd, follow_symlinks=False
+            )
         self._install(tmp, pfd, name)
 
     def link_name(self, node: Node, parent: Node, name: bytes) -> None:
@@ -208,10 +267,10 @@ class CopyUp:
                     self._make_dir(fd, part, lower)
                     st = os.lstat(part, dir_fd=fd)
                 p = at(fd, part)
-                if not stat.S_ISDIR(st.st_mode) or get_xattr(p, "trusted.overlay.opaque") == b"y":
+                if not stat.S_ISDIR(st.st_mode) or get_xattr(p, ops.fmt.opaque) == b"y":
                     os.close(fd)
                     return None
-                if get_xattr(p, "trusted.overlay.redirect") is not None:
+                if get_xattr(p, ops.fmt.redirect) is not None:
                     os.close(fd)
                     return None
                 nfd = open_dir(fd, part)
@@ -229,14 +288,53 @@ class CopyUp:
 
     # -- helpers -----------------------------------------------------------------
 
+    def _drop_whiteouts(self, dir_fd: int) -> None:
+        """Remove every whiteout in the upper tree below an O_PATH directory fd."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    sub = open_dir(fd, os.fsencode(entry.name))
+                    try:
+                        self._drop_whiteouts(sub)
+                    finally:
+                        os.close(sub)
+                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    continue
+                elif is_whiteout(entry.stat(follow_symlinks=False)):
+                    with self._writable(fd, os.fstat(fd)):
+                        os.unlink(entry.name, dir_fd=fd)
+        finally:
+            os.close(fd)
+
     def _tmp_name(self) -> str:
         return f"#{secrets.token_hex(8)}"
 
     def _install(self, tmp: str, pfd: int, name: bytes) -> None:
         """Move a finished copy into place; like overlayfs, the parent keeps its times."""
         st = os.stat(pfd)
-        os.rename(tmp, name, src_dir_fd=self.work_fd, dst_dir_fd=pfd)
+        with self._writable(pfd, st):
+            os.rename(tmp, name, src_dir_fd=self.work_fd, dst_dir_fd=pfd)
         os.utime(f"/proc/self/fd/{pfd}/.", ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    @contextlib.contextmanager
+    def _writable(self, pfd: int, st: os.stat_result) -> Iterator[None]:
+        """Let an unprivileged daemon copy into an upper dir it owns but may not write to
+        (a copy of a read-only lower dir, e.g. 0555): root would not be stopped by its mode,
+        and the caller's own permissions were checked against the merged view already."""
+        needed = stat.S_IWUSR | stat.S_IXUSR
+        ops = self.ops
+        if not ops.unprivileged or st.st_uid != ops.euid or st.st_mode & needed == needed:
+            yield
+            return
+        path = f"/proc/self/fd/{pfd}/."
+        os.chmod(path, stat.S_IMODE(st.st_mode) | needed)
+        try:
+            yield
+        finally:
+            os.chmod(path, stat.S_IMODE(st.st_mode))
 
     def _copy_xattrs(self, lower: int, target: int | str) -> None:
         """Copy the lower entry's xattrs (but the overlay-private ones) to `target`."""
@@ -244,16 +342,35 @@ class CopyUp:
         try:
             names = os.listxattr(path, follow_symlinks=False)
             for name in names:
-                if shown_xattr(os.fsencode(name)) is None:
+                if self.ops.fmt.shown(os.fsencode(name)) is None:
                     continue  # the overlay's own (opaque, redirect, origin): not copied
                 value = os.getxattr(path, name, follow_symlinks=False)
-                if isinstance(target, int):
-                    os.setxattr(target, name, value)
-                else:
-                    os.setxattr(target, name, value, follow_symlinks=False)
+                try:
+                    if isinstance(target, int):
+                        os.setxattr(target, name, value)
+                    else:
+                        os.setxattr(target, name, value, follow_symlinks=False)
+                except OSError as e:
+                    # Unprivileged, security.* (capabilities, SELinux labels) may not be
+                    # set: the copy goes without them rather than fail.
+                    if not self.ops.unprivileged or e.errno not in _NOT_SETTABLE:
+                        raise
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+_NOT_SETTABLE = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def _below(node: Node, top: Node) -> bool:
+    """Whether `node` is (by its primary name) somewhere beneath directory `top`."""
+    parent = node.parent
+    while parent is not None:
+        if parent is top:
+            return True
+        parent = parent.parent
+    return False
 
 
 def copy_data(src: int, dst: int, size: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable
@@ -34,6 +35,19 @@ def fuse_options(spec: MountSpec) -> set[str]:
         options.add("ro")
     options |= asked
     return options
+
+
+def check_unprivileged_fuse() -> None:
+    """What a mount without root needs, said plainly (libfuse only fails, and the detached
+    daemon's stderr goes nowhere): fusermount3, and /dev/fuse open to this user (it opens
+    the device with the caller's ids; udev makes it 0666, a system without udev 0600)."""
+    if shutil.which("fusermount3") is None and not os.path.exists("/usr/bin/fusermount3"):
+        raise ImgfsError("mounting without root needs fusermount3 (apt install fuse3)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK, effective_ids=True):
+        raise ImgfsError(
+            "mounting without root needs /dev/fuse readable and writable by this user "
+            "(mode 0666, as udev sets it)"
+        )
 
 
 def open_index(spec: MountSpec):  # -> MergedIndex, imported lazily
@@ -68,6 +82,8 @@ def serve(spec: MountSpec, on_ready: Callable[[], None] | None = None) -> None:
         raise ImgfsError(f"upper dir {spec.upper_dir} does not exist")
     if not spec.mountpoint.is_dir():
         raise ImgfsError(f"mountpoint {spec.mountpoint} is not a directory")
+    if os.geteuid() != 0:
+        check_unprivileged_fuse()
     index = open_index(spec)
     ops = UnionOperations(spec, index)
     try:

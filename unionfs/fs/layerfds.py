@@ -11,37 +11,95 @@ import ctypes
 import errno
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from unionfs.safeio import open_beneath
 
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 WHITEOUT_DEV = 0
-OPAQUE_XATTR = "trusted.overlay.opaque"
-REDIRECT_XATTR = "trusted.overlay.redirect"
-ORIGIN_XATTR = "trusted.overlay.imgfs.origin"
-"""Merged-index id of a copied-up entry's origin, so it keeps its inode number; in the
-overlay-private namespace, so kernel overlayfs hides it too."""
-PRIVATE_PREFIX = b"trusted.overlay."
-ESCAPED_PREFIX = b"trusted.overlay.overlay."
-"""As kernel overlayfs (6.7+) does, a user's own trusted.overlay.X is stored escaped as
-trusted.overlay.overlay.X, so it can never be mistaken for the overlay's own."""
 
 
-def real_xattr(name: bytes) -> bytes:
-    """The name stored in a layer for an xattr name a user asked for."""
-    if name.startswith(PRIVATE_PREFIX):
-        return ESCAPED_PREFIX + name[len(PRIVATE_PREFIX) :]
-    return name
+@dataclass(frozen=True, slots=True)
+class XattrFormat:
+    """The overlay-private xattr names of one of kernel overlayfs's two upper dir formats:
+    `trusted.overlay.*` (the default, which needs CAP_SYS_ADMIN) or `user.overlay.*`
+    (`-o userxattr`, what an unprivileged mount writes)."""
+
+    prefix: bytes
+    """Everything under it belongs to the overlay and is hidden from users."""
+
+    @property
+    def user(self) -> bool:
+        return self.prefix.startswith(b"user.")
+
+    @property
+    def opaque(self) -> str:
+        return self.prefix.decode() + "opaque"
+
+    @property
+    def redirect(self) -> str:
+        return self.prefix.decode() + "redirect"
+
+    @property
+    def origin(self) -> str:
+        """Merged-index id of a copied-up entry's origin, so it keeps its inode number; in
+        the overlay-private namespace, so kernel overlayfs hides it too."""
+        return self.prefix.decode() + "imgfs.origin"
+
+    @property
+    def escaped_prefix(self) -> bytes:
+        """As kernel overlayfs (6.7+) does, a user's own PREFIX.X is stored escaped as
+        PREFIX.overlay.X, so it can never be mistaken for the overlay's own."""
+        return self.prefix + b"overlay."
+
+    def real(self, name: bytes) -> bytes:
+        """The name stored in a layer for an xattr name a user asked for."""
+        if name.startswith(self.prefix):
+            return self.escaped_prefix + name[len(self.prefix) :]
+        return name
+
+    def shown(self, real: bytes) -> bytes | None:
+        """The name a user sees for a stored xattr, or None for the overlay's private ones."""
+        if real.startswith(self.escaped_prefix):
+            return self.prefix + real[len(self.escaped_prefix) :]
+        if real.startswith(self.prefix):
+            return None
+        return real
 
 
-def shown_xattr(real: bytes) -> bytes | None:
-    """The name a user sees for a stored xattr, or None for the overlay's private ones."""
-    if real.startswith(ESCAPED_PREFIX):
-        return PRIVATE_PREFIX + real[len(ESCAPED_PREFIX) :]
-    if real.startswith(PRIVATE_PREFIX):
-        return None
-    return real
+TRUSTED = XattrFormat(b"trusted.overlay.")
+USER = XattrFormat(b"user.overlay.")
+"""Kernel overlayfs's `-o userxattr` format: the only one an unprivileged process can write."""
+
+# The default (trusted) format's names, for code that only reads that format.
+OPAQUE_XATTR = TRUSTED.opaque
+REDIRECT_XATTR = TRUSTED.redirect
+ORIGIN_XATTR = TRUSTED.origin
+PRIVATE_PREFIX = TRUSTED.prefix
+ESCAPED_PREFIX = TRUSTED.escaped_prefix
+real_xattr = TRUSTED.real
+shown_xattr = TRUSTED.shown
+
+
+def in_initial_userns() -> bool:
+    """Whether this process sees every uid unmapped (the host's user namespace). Root in any
+    other user namespace (rootless podman's) cannot write trusted.* xattrs."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            lines = f.read().split("\n")
+    except OSError:
+        return True
+    return [ln.split() for ln in lines if ln.strip()] == [["0", "0", "4294967295"]]
+
+
+def default_format(userxattr: bool = False) -> XattrFormat:
+    """The format a mount writes: `userxattr` asked for, or a process that cannot write
+    trusted.* xattrs (not root, or root of a user namespace), gets the user.* one."""
+    if userxattr or os.geteuid() != 0 or not in_initial_userns():
+        return USER
+    return TRUSTED
+
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

@@ -7,6 +7,13 @@ lower directory carries a `trusted.overlay.redirect` to its origin, exactly as k
 overlayfs (redirect_dir=on) writes them, so the upper dir stays mountable by the kernel.
 Handlers are short; lookups of names go through `_probe`, the one place that decides
 what a name is.
+
+A daemon that cannot write trusted.* xattrs (not root), or one asked to (`userxattr`),
+writes kernel overlayfs's `-o userxattr` format instead (`user.overlay.*`, see
+`layerfds.XattrFormat`). The kernel never follows redirects in that format, so there a
+renamed lower directory is copied up whole and made opaque rather than redirected. An
+unprivileged daemon also cannot give files away: new entries and copies keep its own ids
+where the asked ones are not its to give (see `set_owner`).
 """
 
 from __future__ import annotations
@@ -24,19 +31,15 @@ import pyfuse3
 from unionfs.fs.control import WriteGate
 from unionfs.fs.copyup import CopyUp
 from unionfs.fs.layerfds import (
-    OPAQUE_XATTR,
-    ORIGIN_XATTR,
-    REDIRECT_XATTR,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     LayerDirs,
     at,
+    default_format,
     get_xattr,
     is_whiteout,
     open_dir,
-    real_xattr,
     renameat2,
-    shown_xattr,
 )
 from unionfs.fs.nodes import ROOT_INO, UPPER_INO_BASE, Node, NodeTable
 from unionfs.fs.spec import MountSpec
@@ -86,11 +89,21 @@ class UnionOperations(pyfuse3.Operations):
         self.index = index
         self.layers = LayerDirs(list(spec.lower_dirs))
         self.read_only = spec.read_only
+        self.fmt = default_format(spec.userxattr)
+        """The upper dir's format: which overlay-private xattr names this mount writes."""
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+        self.groups = frozenset({self.egid, *os.getgroups()})
+        self.unprivileged = self.euid != 0
+        """chown is limited to what an unprivileged process may do (see set_owner)."""
         self.table = NodeTable()
         self.files: dict[int, int] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._dynamic: dict[tuple[str, int], int] = {}
+        self.copied_inos: dict[int, int] = {}
+        """Upper st_ino -> inode number of entries copied up by this mount that cannot carry
+        the origin xattr (see carries_origin), so they keep their number while it lasts."""
         self._lower_xattrs: dict[int, frozenset[bytes]] = {}
         self.upper_fd = -1
         self.copyup: CopyUp | None = None
@@ -154,22 +167,35 @@ class UnionOperations(pyfuse3.Operations):
 
     def _probe_upper(self, parent: Node, name: bytes, st: os.stat_result, lower: int) -> Probe:
         path = at(self.upper_dir_fd(parent), name)
+        fmt = self.fmt
         if stat.S_ISDIR(st.st_mode):
-            opaque = get_xattr(path, OPAQUE_XATTR) == b"y"
+            opaque = get_xattr(path, fmt.opaque) == b"y"
             merged = 0
             if not opaque:
-                redirect = get_xattr(path, REDIRECT_XATTR)
+                redirect = get_xattr(path, fmt.redirect)
                 if redirect is not None:
                     merged = self._resolve_redirect(parent, redirect)
                 elif lower and self.index.is_dir(lower):
                     merged = lower
-            ino = self._lower_ino(merged) if merged else self._upper_ino(st)
+            if merged:
+                ino = self._lower_ino(merged)
+            else:  # a lower dir copied up whole (userxattr format) keeps its number too
+                origin, _ = parse_origin(get_xattr(path, fmt.origin))
+                ino = origin if 0 < origin <= len(self.index) else self._upper_ino(st)
             return Probe(ino, True, merged, True, opaque, st)
         ino = self._upper_ino(st)
-        group, bias = parse_origin(get_xattr(path, ORIGIN_XATTR))
+        group, bias = parse_origin(get_xattr(path, fmt.origin))
         if 0 < group <= len(self.index):
             ino = self._lower_ino(group)
+        elif st.st_ino in self.copied_inos:
+            ino = self.copied_inos[st.st_ino]
         return Probe(ino, False, 0, True, False, st, bias)
+
+    def carries_origin(self, mode: int) -> bool:
+        """Whether an upper entry of this type can hold the origin xattr: any in the trusted
+        format, only regular files and dirs in the user one (the kernel allows user.* xattrs
+        on nothing else). Others keep their number only while this mount lasts."""
+        return not self.fmt.user or stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
     def _resolve_redirect(self, parent: Node, redirect: bytes) -> int:
         if not redirect.startswith(b"/"):
@@ -292,9 +318,13 @@ class UnionOperations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         node = self.table[inode]
+        uid = attr.st_uid if fields.update_uid else -1
+        gid = attr.st_gid if fields.update_gid else -1
+        if self.unprivileged and (uid != -1 or gid != -1):
+            uid, gid = self._unprivileged_chown(node, uid, gid)
         changes = (
-            fields.update_uid,
-            fields.update_gid,
+            uid != -1,
+            gid != -1,
             fields.update_mode,
             fields.update_size,
             fields.update_atime,
@@ -308,9 +338,7 @@ class UnionOperations(pyfuse3.Operations):
         pfd, name = self._upper_loc(node)
         path = at(pfd, name) if name else f"/proc/self/fd/{pfd}/."
         st = self.upper_lstat(node)
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
+        if uid != -1 or gid != -1:
             os.chown(path, uid, gid, follow_symlinks=False)
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
             os.chmod(path, stat.S_IMODE(attr.st_mode))
@@ -331,6 +359,32 @@ class UnionOperations(pyfuse3.Operations):
             )
             os.utime(path, ns=times, follow_symlinks=False)
         return self._attrs(node)
+
+    def _unprivileged_chown(self, node: Node, uid: int, gid: int) -> tuple[int, int]:
+        """What an unprivileged daemon does of a chown: ids that do not change are nothing
+        to do; a new group is the owner's to give if the daemon is in it; anything else is
+        EPERM, before any copy-up, as a real filesystem answers an unprivileged user."""
+        cur = self._attrs(node)
+        if uid == cur.st_uid:
+            uid = -1
+        if gid == cur.st_gid:
+            gid = -1
+        if uid != -1 or (gid != -1 and (cur.st_uid != self.euid or gid not in self.groups)):
+            raise _err(errno.EPERM)
+        return uid, gid
+
+    def set_owner(self, target: int | str, uid: int, gid: int, **kwargs: Any) -> None:
+        """Give a new entry (made by this daemon: a creation or a copy-up) its owner.
+
+        Unprivileged, the entry keeps the daemon's uid, and gets the asked group only if
+        the daemon is in it: an unprivileged process cannot give files away, and copy-up
+        or creation must not fail on that (fuse-overlayfs without a user namespace does
+        the same). `kwargs` are os.chown's (dir_fd, follow_symlinks)."""
+        if self.unprivileged:
+            if gid == self.egid or gid not in self.groups:
+                return
+            uid = -1
+        os.chown(target, uid, gid, **kwargs)
 
     def _upper_loc(self, node: Node) -> tuple[int, bytes]:
         """(upper parent dir fd, name) of a node that exists in the upper dir."""
@@ -418,10 +472,10 @@ class UnionOperations(pyfuse3.Operations):
         uid, gid, sgid = self._owner(parent, ctx)
         dir_mode = stat.S_IMODE(mode) | (stat.S_ISGID if sgid else 0)
         os.mkdir(name, dir_mode, dir_fd=pfd)
-        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
         os.chmod(at(pfd, name), dir_mode)  # chown cleared setuid/setgid
         if lower_has:
-            os.setxattr(at(pfd, name), OPAQUE_XATTR, b"y", follow_symlinks=False)
+            os.setxattr(at(pfd, name), self.fmt.opaque, b"y", follow_symlinks=False)
         return self._created(parent, name)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
@@ -431,7 +485,7 @@ class UnionOperations(pyfuse3.Operations):
         pfd, _ = self._prepare_create(parent, name)
         uid, gid, _ = self._owner(parent, ctx)
         os.mknod(name, mode, rdev, dir_fd=pfd)
-        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
         os.chmod(at(pfd, name), stat.S_IMODE(mode))
         return self._created(parent, name)
 
@@ -440,7 +494,7 @@ class UnionOperations(pyfuse3.Operations):
         pfd, _ = self._prepare_create(parent, name)
         uid, gid, _ = self._owner(parent, ctx)
         os.symlink(target, name, dir_fd=pfd)
-        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
         return self._created(parent, name)
 
     async def create(
@@ -452,7 +506,7 @@ class UnionOperations(pyfuse3.Operations):
         open_flags = _file_flags(flags) | os.O_CREAT | os.O_EXCL
         fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=pfd)
         try:
-            os.fchown(fd, uid, gid)
+            self.set_owner(fd, uid, gid)
             os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared setuid/setgid
         except BaseException:
             os.close(fd)
@@ -571,8 +625,13 @@ class UnionOperations(pyfuse3.Operations):
         src.add_link(new_parent, name_new)
 
     async def _move_up(self, node: Node) -> None:
-        """Copy up what a rename moves: a file whole, a directory only itself."""
-        if node.is_dir:
+        """Copy up what a rename moves: a file whole, a directory only itself (it will carry
+        a redirect), or in the userxattr format, where the kernel follows no redirects, a
+        directory with everything below it (made opaque)."""
+        if node.is_dir and self.fmt.user and node.lower and not node.opaque:
+            assert self.copyup is not None
+            await self.copyup.copy_up_tree(node)
+        elif node.is_dir:
             self.ensure_upper_dir(node)
         else:
             await self.copy_up(node)
@@ -599,9 +658,9 @@ class UnionOperations(pyfuse3.Operations):
         path = at(pfd, name)
         if node.lower and not node.opaque:
             target = b"/" + self.index.path(node.lower)
-            os.setxattr(path, REDIRECT_XATTR, target, follow_symlinks=False)
+            os.setxattr(path, self.fmt.redirect, target, follow_symlinks=False)
         elif lower_at_new and not node.opaque:
-            os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+            os.setxattr(path, self.fmt.opaque, b"y", follow_symlinks=False)
             node.opaque = True
 
     async def _exchange(
@@ -772,11 +831,12 @@ class UnionOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = self.table[inode]
-        if not node.upper and real_xattr(name) not in self._lower_xattr_names(node.lower):
+        real = self.fmt.real(name)
+        if not node.upper and real not in self._lower_xattr_names(node.lower):
             raise _err(errno.ENODATA)
         path, fd = self._xattr_path(node)
         try:
-            return os.getxattr(path, real_xattr(name), follow_symlinks=False)
+            return os.getxattr(path, real, follow_symlinks=False)
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
         finally:
@@ -790,7 +850,7 @@ class UnionOperations(pyfuse3.Operations):
             names = [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)]
         else:
             names = sorted(self._lower_xattr_names(node.lower))
-        shown = (shown_xattr(n) for n in names)
+        shown = (self.fmt.shown(n) for n in names)
         return [n for n in shown if n is not None]
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
@@ -798,13 +858,13 @@ class UnionOperations(pyfuse3.Operations):
         await self.copy_up(node)
         path, _ = self._xattr_path(node)
         try:
-            os.setxattr(path, real_xattr(name), value, follow_symlinks=False)
+            os.setxattr(path, self.fmt.real(name), value, follow_symlinks=False)
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         node = self.table[inode]
-        name = real_xattr(name)
+        name = self.fmt.real(name)
         path, fd = self._xattr_path(node)
         try:
             os.getxattr(path, name, follow_symlinks=False)  # ENODATA before any copy-up

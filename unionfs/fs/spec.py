@@ -23,6 +23,9 @@ class MountSpec:
     debug: bool = False
     control: bool = False
     """Serve pause/resume requests (commit of a mounted container), see fs/control.py."""
+    userxattr: bool = False
+    """Write the upper dir in kernel overlayfs's `-o userxattr` format (`user.overlay.*`)
+    even as root; a daemon that cannot write trusted.* xattrs always does."""
 
     @property
     def read_only(self) -> bool:

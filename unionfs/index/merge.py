@@ -9,7 +9,9 @@ directory supplies the merged directory's own metadata. Redirects are ignored.
 
 One deliberate difference from a literal reading of overlayfs.rst: an opaque layer *root*
 does not hide the layers below, because the kernel never checks the root for opacity
-(the root is not looked up; test_index.py checks this against a real mount).
+(the root is not looked up; test_index.py checks this against a real mount). A layer dir
+the builder may not read (an unprivileged mount daemon's view of a root-owned 0700 dir)
+adds nothing and ends its directory's merge, as an opaque one would.
 
 The walk only ever opens directories beneath a layer root without following symlinks
 (`open_beneath`) and reads metadata with fstatat(AT_SYMLINK_NOFOLLOW), so a hostile
@@ -114,7 +116,13 @@ def _read_dir(root_fds: Sequence[int], rel: bytes, layers: list[int]) -> dict[by
     """The merged children of the directory `rel` that the given layers hold, top first."""
     children: dict[bytes, _Child] = {}
     for layer in layers:
-        fd = open_beneath(root_fds[layer], rel, _DIR_FLAGS) if rel else os.dup(root_fds[layer])
+        try:
+            fd = open_beneath(root_fds[layer], rel, _DIR_FLAGS) if rel else os.dup(root_fds[layer])
+        except PermissionError:
+            # Built by an unprivileged mount daemon, a layer dir may be unreadable to it (a
+            # root-owned 0700 dir): it adds nothing, and hides the layers below it as an
+            # opaque one would rather than let them show through.
+            break
         try:
             _scan(fd, layer, children)
             if rel and is_opaque(fd):
