@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import data, import_bench, machine, mount_bench, report
+from benchmarks import changes_bench, data, import_bench, machine, mount_bench, report
 from benchmarks.harness import Case, CaseResult, rmtree, run_case, unmount_under
 
 BENCHMARKS: dict[str, Callable[[data.Dataset, bool], list[Case]]] = {
+    "changes": changes_bench.cases,
     "import": import_bench.cases,
     "mount": mount_bench.cases,
 }

@@ -84,3 +84,50 @@ def test_quick_mount_benchmark_writes_results(tmp_path: Path) -> None:
     md = json_path.with_suffix(".md").read_text()
     assert "| find (cold) | kernel overlayfs (baseline) |" in md
     assert "| ls -lR (warm) | imgfs-overlay |" in proc.stdout
+
+
+def test_quick_changes_benchmark_writes_results(tmp_path: Path) -> None:
+    """diff and commit of a 200-change container: ours run on a fresh copy of the populated
+    upper dir each rep (and see what the populated container showed), the peers run or are
+    skipped, and nothing is left in the bench store."""
+    require_root()
+    require(shutil.which("fusermount3") is not None, "fusermount3 is not installed")
+    proc = run_quick(tmp_path, "changes")
+
+    [json_path] = (tmp_path / "results").glob("*-changes-small.json")
+    doc = json.loads(json_path.read_text())
+    cases = {c["workload"]: c for c in doc["cases"]}
+    assert set(cases) == {"diff", "commit"}
+    [sidecar] = (tmp_path / "cache").glob("changes-busybox-rootfs-*.json")
+    built = json.loads(sidecar.read_text())
+    assert built["changes"] == 200 and built["upper_bytes"] > 0
+
+    diff = {c["name"]: c for c in cases["diff"]["contenders"]}
+    assert cases["diff"]["baseline"] == "find upper dir (floor)"
+    for name in ("find upper dir (floor)", "imgfs diff", "imgfs diff (mounted)"):
+        assert diff[name]["error"] is None, (name, diff[name]["error"])
+        assert len(diff[name]["samples"]) == 1 and diff[name]["samples"][0]["wall_s"] > 0
+    for name in ("imgfs diff", "imgfs diff (mounted)"):  # the copy diffs as the original did
+        assert diff[name]["median_metrics"]["lines_listed"] == built["diff_lines"] >= 200
+    for peer in ("rsync -aiX -n --delete (overlayfs views)", "diff -rq (overlayfs views)"):
+        assert diff[peer]["skipped"] or diff[peer]["samples"], diff[peer]
+
+    commit = {c["name"]: c for c in cases["commit"]["contenders"]}
+    assert cases["commit"]["baseline"] == "tar -c + zstd -T0 -3"
+    for name in ("tar -c + zstd -T0 -3", "imgfs commit", "imgfs commit --compression gzip"):
+        result = commit[name]
+        assert result["error"] is None, (name, result["error"])
+        assert result["samples"][0]["bytes"] == built["upper_bytes"]
+        assert result["median_metrics"]["layer_blob_bytes"] > 0
+    entries = commit["imgfs commit"]["median_metrics"]["layer_entries"]
+    assert commit["imgfs commit --compression gzip"]["median_metrics"]["layer_entries"] == entries
+    assert commit["umoci repack"]["skipped"] or commit["umoci repack"]["samples"]
+
+    store = tmp_path / "cache" / "changes-store-busybox-rootfs"
+    assert not any((store / "containers").iterdir())
+    index = json.loads((store / "oci" / "index.json").read_text())
+    assert len(index["manifests"]) == 1  # the committed images were removed again
+
+    md = json_path.with_suffix(".md").read_text()
+    assert "| diff | find upper dir (floor) (baseline) |" in md
+    assert "| commit | imgfs commit |" in proc.stdout
