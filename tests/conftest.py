@@ -59,9 +59,8 @@ def busybox_tar_file(tmp_path: Path, busybox_tar: bytes) -> Path:
 ImgfsRunner = Callable[..., Result]
 
 
-@pytest.fixture
-def imgfs(root: Path) -> ImgfsRunner:
-    """Run the real `imgfs` command (a subprocess, as users run it) against this test's store."""
+def imgfs_runner(root: Path) -> ImgfsRunner:
+    """Run the real `imgfs` command (a subprocess, as users run it) against a store."""
 
     def run(*args: str, input: bytes | None = None, check: bool = True) -> Result:
         env = dict(os.environ, IMGFS_ROOT=str(root))
@@ -79,6 +78,12 @@ def imgfs(root: Path) -> ImgfsRunner:
         return result
 
     return run
+
+
+@pytest.fixture
+def imgfs(root: Path) -> ImgfsRunner:
+    """`imgfs` against this test's store."""
+    return imgfs_runner(root)
 
 
 def assert_user_error(result: Result, *fragments: str) -> None:

@@ -21,7 +21,14 @@ import pytest
 import zstandard
 
 import tarfactory as tf
-from conftest import ImgfsRunner, Result, assert_user_error, require, require_root, snapshot
+from conftest import (
+    ImgfsRunner,
+    assert_user_error,
+    imgfs_runner,
+    require,
+    require_root,
+    snapshot,
+)
 
 BUSYBOX = "docker.io/library/busybox:latest"
 
@@ -41,23 +48,7 @@ def require_fuse() -> None:
 
 def imgfs_at(root: Path) -> ImgfsRunner:
     """An `imgfs` runner for another store than the test's own (a second machine)."""
-
-    def run(*args: str, input: bytes | None = None, check: bool = True) -> Result:
-        env = dict(os.environ, IMGFS_ROOT=str(root))
-        env.pop("IMGFS_DEBUG", None)
-        proc = subprocess.run(
-            [sys.executable, "-m", "unionfs", *args],
-            input=input,
-            capture_output=True,
-            env=env,
-            timeout=300,
-        )
-        result = Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
-        if check and proc.returncode != 0:
-            raise AssertionError(f"imgfs {' '.join(args)} failed: {result}")
-        return result
-
-    return run
+    return imgfs_runner(root)
 
 
 def imgfs_bytes(root: Path, *args: str) -> bytes:

@@ -7,6 +7,7 @@ from typing import Any
 
 from unionfs import reference
 from unionfs.changes.commit import commit_container
+from unionfs.cli.images import add_layer_args
 from unionfs.layers.compression import Compression
 from unionfs.progress import Progress
 from unionfs.store.images import ImageStore
@@ -17,21 +18,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("commit", help="create a new image from a container's changes")
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("ref", metavar="REPOSITORY[:TAG]", nargs="?")
-    p.add_argument("-m", "--message", default="", help="commit message for the history")
+    add_layer_args(p)
     p.add_argument("-a", "--author", default="", help='author (e.g. "Jane <jane@example.com>")')
-    p.add_argument(
-        "-c",
-        "--change",
-        action="append",
-        default=[],
-        help="Dockerfile instruction, e.g. 'CMD [\"sh\"]'",
-    )
-    p.add_argument(
-        "--compression",
-        choices=["zstd", "gzip"],
-        default="zstd",
-        help="layer blob compression (gzip for tools without zstd support, e.g. umoci 0.4)",
-    )
     p.set_defaults(func=cmd_commit)
 
 

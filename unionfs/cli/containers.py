@@ -12,34 +12,12 @@ from unionfs.containers import Container, Containers, image_mount_spec, image_st
 from unionfs.errors import ImgfsError, NotFound
 from unionfs.fs import lifecycle
 from unionfs.fs.lifecycle import MountRecord, MountState
+from unionfs.fs.spec import FUSE_OPTIONS, FUSE_VALUE_OPTIONS
 from unionfs.store.images import ImageStore
 from unionfs.units import time_ago
 
-# FUSE/mount options `imgfs mount -o` passes through; anything else is refused here,
-# with a clear message, rather than by libfuse with an obscure one.
-MOUNT_OPTIONS = {
-    "allow_other",
-    "allow_root",
-    "ro",
-    "rw",
-    "default_permissions",
-    "suid",
-    "nosuid",
-    "dev",
-    "nodev",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "nostrictatime",
-    "sync",
-    "async",
-    "dirsync",
-}
-MOUNT_VALUE_OPTIONS = ("context=", "fscontext=", "defcontext=", "rootcontext=", "max_read=")
+MOUNT_OPTIONS = FUSE_OPTIONS
+MOUNT_VALUE_OPTIONS = FUSE_VALUE_OPTIONS
 
 
 def register(sub: Any) -> None:

@@ -18,12 +18,8 @@ from unionfs.store.importing import import_image
 from unionfs.units import human_size, time_ago
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "import", help="create an image from a rootfs tarball (tar, tar.gz, tar.zst)"
-    )
-    p.add_argument("file", metavar="FILE|-", help="tarball to import, or - for standard input")
-    p.add_argument("ref", metavar="REPOSITORY[:TAG]", nargs="?")
+def add_layer_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that make a layer and an image (import, commit)."""
     p.add_argument("-m", "--message", default="", help="commit message for the history")
     p.add_argument(
         "-c",
@@ -38,6 +34,15 @@ def register(sub: Any) -> None:
         default="zstd",
         help="layer blob compression (gzip for tools without zstd support, e.g. umoci 0.4)",
     )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "import", help="create an image from a rootfs tarball (tar, tar.gz, tar.zst)"
+    )
+    p.add_argument("file", metavar="FILE|-", help="tarball to import, or - for standard input")
+    p.add_argument("ref", metavar="REPOSITORY[:TAG]", nargs="?")
+    add_layer_args(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("images", help="list images")

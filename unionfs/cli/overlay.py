@@ -32,36 +32,13 @@ from typing import NoReturn
 from unionfs import __version__
 from unionfs.errors import ImgfsError
 from unionfs.fs import lifecycle
-from unionfs.fs.spec import MountSpec
+from unionfs.fs.spec import FUSE_OPTIONS, FUSE_VALUE_OPTIONS, MountSpec
 
 PROG = "imgfs-overlay"
 INDEX_NAME = "imgfs-index"
 
-PASSTHROUGH = {
-    "allow_other",
-    "allow_root",
-    "ro",
-    "rw",
-    "default_permissions",
-    "suid",
-    "nosuid",
-    "dev",
-    "nodev",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "nostrictatime",
-    "diratime",
-    "nodiratime",
-    "sync",
-    "async",
-    "dirsync",
-}
-PASSTHROUGH_VALUES = ("context=", "fscontext=", "defcontext=", "rootcontext=", "max_read=")
+PASSTHROUGH = FUSE_OPTIONS
+PASSTHROUGH_VALUES = FUSE_VALUE_OPTIONS
 
 IGNORED = {
     "squash_to_root": "owners are shown as stored (identity ids)",

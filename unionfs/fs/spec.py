@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Mount options passed through to the FUSE mount (`imgfs mount -o`, `imgfs-overlay -o`);
+# anything else is refused with a clear message rather than by libfuse with an obscure one.
+FUSE_OPTIONS = frozenset(
+    {
+        "allow_other", "allow_root", "ro", "rw", "default_permissions", "suid", "nosuid",
+        "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
+        "strictatime", "nostrictatime", "diratime", "nodiratime", "sync", "async", "dirsync",
+    }
+)  # fmt: skip
+FUSE_VALUE_OPTIONS = ("context=", "fscontext=", "defcontext=", "rootcontext=", "max_read=")
+
 
 @dataclass
 class MountSpec:
