@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
+import termios
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,3 +254,149 @@ def test_signal_to_imgfs_run(busybox: str, root: Path, tmp_path: Path) -> None:
         assert proc.wait(timeout=20) == status
         proc.stdout.close()
         assert imgfs_mounts(tmp_path) == []
+
+
+def run_on_pty(
+    root: Path, args: list[str], *, send: bytes | None = None, after: bytes = b""
+) -> tuple[int, bytes]:
+    """`imgfs run ARGS` with a pty (rows 33, cols 101) of ours as its terminal; `send` is
+    typed once `after` has been output. Returns the exit status and everything output."""
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unionfs", "run", *args],
+        env=dict(os.environ, IMGFS_ROOT=str(root)),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,  # so that the pty becomes its controlling terminal
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: every process of ours closed the pty
+                    break
+                if not data:
+                    break
+                out += data
+            if send is not None and after in out:
+                os.write(master, send)
+                send = None
+            if not ready and proc.poll() is not None:
+                break
+        return proc.wait(timeout=10), out
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_tty(busybox: str, root: Path, tmp_path: Path) -> None:
+    status, out = run_on_pty(
+        root, ["-t", "busybox", "sh", "-c", "tty; stty size; echo $TERM; test -t 0 && echo in"]
+    )
+    lines = out.decode().replace("\r", "").splitlines()
+    assert status == 0, out
+    assert re.fullmatch(r"/dev/pts/\d+", lines[0]), out  # the container's own devpts
+    assert lines[1:] == ["33 101", "xterm", "in"]
+    # -it: what is typed at our terminal reaches the command through its pty.
+    script = "echo ready; read line; echo got:$line; exit 4"
+    status, out = run_on_pty(
+        root, ["-it", "busybox", "sh", "-c", script], send=b"hello there\r", after=b"ready"
+    )
+    assert status == 4, out
+    assert b"got:hello there" in out
+    assert imgfs_mounts(tmp_path) == []
+
+
+def test_volumes(
+    run: Callable[..., Result], busybox: str, imgfs: ImgfsRunner, tmp_path: Path
+) -> None:
+    host = tmp_path / "vol"
+    host.mkdir()
+    (host / "given").write_text("from host\n")
+    script = (
+        "cat /data/vol/given; echo written > /data/vol/made; "
+        "echo x > /ro/y 2>/dev/null || echo refused; cat /ro/given"
+    )
+    r = run(
+        "--name", "vols", "-v", f"{host}:/data/vol", "-v", f"{host}:/ro:ro", "busybox", "sh", "-c",
+        script,
+    )  # fmt: skip
+    assert r.returncode == 0, r
+    assert r.stdout.splitlines() == ["from host", "refused", "from host"]
+    assert (host / "made").read_text() == "written\n"
+    assert not (host / "y").exists()
+    # Only the created mountpoints reach the upper dir, never what is mounted on them.
+    changes = imgfs("diff", "vols").stdout.splitlines()
+    assert {"A /data", "A /data/vol", "A /ro"} <= set(changes)
+    assert not [c for c in changes if "made" in c or "given" in c], changes
+    assert (
+        "Read-only file system"
+        in run("-v", f"{host}:/ro:ro", "busybox", "sh", "-c", "touch /ro/z").stderr
+    )
+    assert_user_error(run("-v", "relative:/x", "busybox", "true"), "must be absolute")
+    # A container path through a symlink (here one leaving the rootfs) is refused.
+    assert run("--name", "ln", "busybox", "ln", "-s", "/../../..", "/up").returncode == 0
+    imgfs("commit", "ln", "linked")
+    r = run("-v", f"{host}:/up/escape", "linked", "true")
+    assert r.returncode == 125 and "symlink" in r.stderr, r
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_exec_and_start(busybox: str, root: Path, tmp_path: Path, imgfs: ImgfsRunner) -> None:
+    script = (
+        "if [ -e /tmp/f ]; then echo again; cat /tmp/f; exit 7; fi; "
+        "echo hi > /tmp/f; echo up; sleep 30"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "unionfs",
+            "run",
+            "--init",
+            "--name",
+            "long",
+            "-e",
+            "X=1",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ],
+        env=dict(os.environ, IMGFS_ROOT=str(root)),
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == b"up\n"
+        r = imgfs("exec", "long", "sh", "-c", "cat /tmp/f; echo $X; grep PPid /proc/1/status")
+        assert r.stdout.splitlines() == ["hi", "1", "PPid:\t0"], r  # PID 1 is the container's
+        # Its PID namespace: the container's processes, the exec'd command among them.
+        pids = imgfs("exec", "long", "sh", "-c", "echo $$; ls /proc | grep '^[0-9]'").stdout
+        own, *listed = pids.split()
+        assert "1" in listed and own in listed and len(listed) < 10
+        options = ["-u", "nobody", "-w", "/tmp", "-e", "Y=2"]
+        r = imgfs(
+            "exec", *options, "long", "sh", "-c", "id -u; pwd; echo $X$Y; exit 5", check=False
+        )
+        assert (r.returncode, r.stdout.split()) == (5, ["65534", "/tmp", "12"]), r
+        assert imgfs("exec", "long", "nosuch", check=False).returncode == 127
+        assert_user_error(imgfs("start", "long", check=False), "already running")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        proc.stdout.close()
+    assert imgfs_mounts(tmp_path) == []
+    assert_user_error(imgfs("exec", "long", "true", check=False), "not running")
+    # start runs the recorded command again, on the container's earlier changes.
+    r = imgfs("start", "-a", "long", check=False)
+    assert (r.returncode, r.stdout) == (7, "again\nhi\n"), r
+    assert imgfs_mounts(tmp_path) == []

@@ -24,10 +24,11 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import tarfactory as tf
 from unionfs.errors import BadInput
 from unionfs.layers.compression import Compression, detect, open_decompressed
 from unionfs.layers.unpack import UnpackStats, unpack_tar
+
+import tarfactory as tf
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unionfs.runtime.run import NETWORKS, RunOptions, run
+from unionfs.runtime.exec import exec_in
+from unionfs.runtime.run import NETWORKS, RunOptions, run, start
 from unionfs.store.images import ImageStore
 
 
@@ -38,6 +39,17 @@ def register(sub: Any) -> None:
     p.add_argument("--network", choices=NETWORKS, default="host", help="host (default) or none")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument(
+        "-t", "--tty", action="store_true", help="allocate a pseudo-terminal for the command"
+    )
+    p.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST:CTR[:ro|rw]",
+        help="bind-mount an absolute host path into the container (repeatable)",
+    )
+    p.add_argument(
         "--init",
         action="store_true",
         help="run a tiny init as PID 1 that forwards signals and reaps (the command is PID 2)",
@@ -50,6 +62,43 @@ def register(sub: Any) -> None:
         help="after SIGTERM/SIGINT/SIGHUP, SIGKILL the command this much later (default 10)",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "start",
+        help="run a container's command (as given to imgfs run) again",
+        description="Mount CONTAINER and run the command imgfs run recorded for it again, "
+        "with the same options; its earlier changes are there. Without -a it runs in the "
+        "background (output in the container dir's `log`).",
+    )
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument(
+        "-a",
+        "--attach",
+        action="store_true",
+        help="stay attached: relay output (and stdin with -i) and exit with its status",
+    )
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser(
+        "exec",
+        help="run another command in a running container",
+        description="Join the namespaces of a running container's PID 1 and run CMD "
+        "chrooted to its root, with its environment (plus -e). The exit status is CMD's.",
+    )
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("args", metavar="CMD [ARG...]", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable (K alone: take it from the host)",
+    )
+    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="user (name or uid) to run as")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.set_defaults(func=cmd_exec)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -66,7 +115,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             hostname=args.hostname,
             network=args.network,
             keep_stdin=args.interactive,
+            tty=args.tty,
+            volumes=list(args.volume),
             init=args.init,
             stop_timeout=args.stop_timeout,
         ),
+    )
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return start(ImageStore(args.root), args.container, attach=args.attach)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    return exec_in(
+        ImageStore(args.root),
+        args.container,
+        list(args.args),
+        env=list(args.env),
+        workdir=args.workdir,
+        user=args.user,
+        keep_stdin=args.interactive,
     )

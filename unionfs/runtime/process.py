@@ -4,8 +4,9 @@ command line, and resolving USER[:GROUP] against the rootfs's /etc/passwd and /e
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from unionfs.errors import ImgfsError
@@ -31,9 +32,33 @@ class ProcessSpec:
     keep_stdin: bool = False
     stop_timeout: float = 10.0
     """Seconds between a forwarded SIGTERM/SIGINT/SIGHUP and SIGKILL (docker's default)."""
+    tty: bool = False
+    """Give the command a pseudo-terminal (from the container's own devpts) as its
+    controlling terminal and stdin/stdout/stderr; `imgfs run` relays to it."""
+    volumes: list[tuple[str, str, bool]] = field(default_factory=list)
+    """(absolute host path, normalised path inside, read-only) bind mounts."""
     init: bool = False
     """Run a tiny init as PID 1 that forwards signals and reaps (docker run --init);
     otherwise the command itself is PID 1, as with plain docker run."""
+
+
+def parse_volume(text: str) -> tuple[str, str, bool]:
+    """HOST:CTR[:ro|rw] as (host, ctr, read_only); both paths absolute, CTR normalised."""
+    parts = text.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1]:
+        raise RunError(f"invalid volume {text!r} (use HOST:CTR[:ro|rw])")
+    host, ctr = parts
+    if not host.startswith("/"):
+        raise RunError(f"invalid volume {text!r}: the host path must be absolute")
+    if not ctr.startswith("/"):
+        raise RunError(f"invalid volume {text!r}: the container path must be absolute")
+    ctr = posixpath.normpath(ctr)
+    if ctr == "/":
+        raise RunError(f"invalid volume {text!r}: cannot mount over the container's /")
+    return os.path.normpath(host), ctr, mode == "ro"
 
 
 def command_line(config: Mapping[str, Any], args: Sequence[str]) -> list[str]:

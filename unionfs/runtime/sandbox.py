@@ -15,14 +15,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
+import json
 import os
 import signal
 import socket
 import stat
+import struct
 import sys
+import termios
 from collections.abc import Callable
 from pathlib import Path
 
+from unionfs.runtime import terminal
 from unionfs.runtime.process import Credentials, ProcessSpec, RunError, resolve_user
 
 CLONE_NEWNS = 0x00020000
@@ -41,6 +46,9 @@ MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 
 PR_SET_PDEATHSIG = 1
+
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
 
 FORWARDED = (
     signal.SIGTERM,
@@ -132,20 +140,45 @@ def _fail(message: str, code: int = 125) -> None:
 
 
 def launch(
-    rootfs: Path, spec: ProcessSpec, files: dict[str, Path], on_started: Callable[[int], None]
+    rootfs: Path,
+    spec: ProcessSpec,
+    files: dict[str, Path],
+    on_started: Callable[[int], None],
+    state_file: Path | None = None,
 ) -> int:
     """Run `spec` in new namespaces chrooted into `rootfs`; returns its exit code.
     `files` maps paths inside the container (/etc/hosts) to files to bind-mount there.
-    `on_started(pid)` gets stage 1's pid (to forward signals to) before waiting."""
+    `on_started(pid)` gets stage 1's pid (to forward signals to) before waiting.
+    `state_file` gets {"pid": PID 1's host pid, "stage1": ...} while it runs (for exec).
+    With `spec.tty`, stage 2 opens a pty in the container's devpts and passes the master
+    here over a socket; this side relays the user's stdin/stdout to it."""
     _flush()
+    ours = theirs = None
+    if spec.tty:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         pid = os.fork()
         if pid == 0:
-            _stage1(rootfs, spec, files, old_mask)  # never returns
+            if ours is not None:
+                ours.close()
+            _stage1(rootfs, spec, files, old_mask, state_file, theirs)  # never returns
         on_started(pid)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    if ours is not None and theirs is not None:
+        theirs.close()
+        try:
+            _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+        except OSError:
+            fds = []
+        finally:
+            ours.close()
+        if fds:
+            try:
+                terminal.relay(fds[0], interactive=spec.keep_stdin)
+            finally:
+                os.close(fds[0])
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -154,7 +187,14 @@ def launch(
             return 125
 
 
-def _stage1(rootfs: Path, spec: ProcessSpec, files: dict[str, Path], mask: set[int]) -> None:
+def _stage1(
+    rootfs: Path,
+    spec: ProcessSpec,
+    files: dict[str, Path],
+    mask: set[int],
+    state_file: Path | None,
+    pty_sock: socket.socket | None,
+) -> None:
     try:
         for s in FORWARDED:
             signal.signal(s, signal.SIG_DFL)
@@ -166,7 +206,13 @@ def _stage1(rootfs: Path, spec: ProcessSpec, files: dict[str, Path], mask: set[i
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         child = os.fork()
         if child == 0:
-            _stage2(rootfs, spec, files, mask)  # never returns
+            _stage2(rootfs, spec, files, mask, pty_sock)  # never returns
+        if pty_sock is not None:
+            pty_sock.close()
+        if state_file is not None:
+            tmp = state_file.with_name(state_file.name + ".tmp")
+            tmp.write_text(json.dumps({"pid": child, "stage1": os.getpid()}))
+            os.replace(tmp, state_file)
         forward = _forward_to(child)
 
         def stop(signum: int, frame: object) -> None:
@@ -213,7 +259,9 @@ def _mkdir(path: str, mode: int = 0o755) -> None:
         os.mkdir(path, mode)
 
 
-def setup_rootfs(rootfs: Path, files: dict[str, Path]) -> None:
+def setup_rootfs(
+    rootfs: Path, files: dict[str, Path], volumes: list[tuple[str, str, bool]] | None = None
+) -> None:
     """Mounts on the rootfs, in this (private) mount namespace."""
     proc = _target(rootfs, "proc")
     _mkdir(proc, 0o555)
@@ -256,11 +304,58 @@ def setup_rootfs(rootfs: Path, files: dict[str, Path]) -> None:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
         mount(str(source), target, None, MS_BIND)
 
+    for host, inside, read_only in volumes or []:
+        mount_volume(rootfs, host, inside, read_only)
 
-def _stage2(rootfs: Path, spec: ProcessSpec, files: dict[str, Path], mask: set[int]) -> None:
+
+def mount_volume(rootfs: Path, host: str, inside: str, read_only: bool) -> None:
+    """Bind `host` on `inside`, creating the mountpoint (a dir, or an empty file for a
+    file) in the rootfs if missing; symlinks on the way are refused by _target."""
+    target = _target(rootfs, inside)
+    is_dir = os.path.isdir(host)
+    if not os.path.lexists(target):
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        _target(rootfs, inside)  # the dirs just made: still no symlinks
+        if is_dir:
+            os.mkdir(target, 0o755)
+        else:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+    mount(host, target, None, MS_BIND | MS_REC)
+    if read_only:
+        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def open_pty(rootfs: Path) -> tuple[int, int]:
+    """(master, slave) of a new pty of the container's devpts (so `tty` names its
+    /dev/pts/N); the slave is also bind-mounted on /dev/console, as runc does."""
+    dev = _target(rootfs, "dev")
+    master = os.open(f"{dev}/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    (number,) = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))
+    slave_path = f"{dev}/pts/{number}"
+    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    console = f"{dev}/console"
+    os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    mount(slave_path, console, None, MS_BIND)
+    return master, slave
+
+
+def _stage2(
+    rootfs: Path,
+    spec: ProcessSpec,
+    files: dict[str, Path],
+    mask: set[int],
+    pty_sock: socket.socket | None,
+) -> None:
+    tty_fd: int | None = None
     try:
         _die_with_parent()
-        setup_rootfs(rootfs, files)
+        setup_rootfs(rootfs, files, spec.volumes)
+        if pty_sock is not None:
+            master, tty_fd = open_pty(rootfs)
+            socket.send_fds(pty_sock, [b"m"], [master])
+            os.close(master)
+            pty_sock.close()
         socket.sethostname(spec.hostname)
         if spec.network == "none":
             _loopback_up()
@@ -277,11 +372,13 @@ def _stage2(rootfs: Path, spec: ProcessSpec, files: dict[str, Path], mask: set[i
     except BaseException as e:
         _fail(f"cannot set up the container: {_describe(e)}")
     if not spec.init:
-        _exec(spec, env, cwd, creds, mask)  # the command becomes PID 1; never returns
+        _exec(spec, env, cwd, creds, mask, tty_fd)  # the command becomes PID 1; never returns
     try:
         child = os.fork()
         if child == 0:
-            _exec(spec, env, cwd, creds, mask)  # never returns
+            _exec(spec, env, cwd, creds, mask, tty_fd)  # never returns
+        if tty_fd is not None:
+            os.close(tty_fd)
         for s in FORWARDED:
             signal.signal(s, _forward_to(child))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -310,12 +407,23 @@ def _loopback_up() -> None:
 
 
 def _exec(
-    spec: ProcessSpec, env: dict[str, str], cwd: str, creds: Credentials, mask: set[int]
+    spec: ProcessSpec,
+    env: dict[str, str],
+    cwd: str,
+    creds: Credentials,
+    mask: set[int],
+    tty_fd: int | None = None,
 ) -> None:
     try:
         for s in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
-        if not spec.keep_stdin:
+        if tty_fd is not None:
+            # Its own session with the pty as controlling terminal and stdio.
+            os.setsid()
+            fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(tty_fd, fd)
+        elif not spec.keep_stdin:
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
             os.close(null)
