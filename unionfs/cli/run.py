@@ -10,6 +10,20 @@ from unionfs.runtime.run import NETWORKS, RunOptions, run, start
 from unionfs.store.images import ImageStore
 
 
+def _add_process_args(p: argparse.ArgumentParser) -> None:
+    """What run and exec share: the process's environment, directory and user."""
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable (K alone: take it from the host)",
+    )
+    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="user (name or uid) to run as")
+
+
 def register(sub: Any) -> None:
     """Add this module's subcommands to the imgfs parser."""
     p = sub.add_parser(
@@ -25,16 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("args", metavar="CMD [ARG...]", nargs=argparse.REMAINDER)
     p.add_argument("--name", help="assign a name to the container")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    p.add_argument(
-        "-e",
-        "--env",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="set an environment variable (K alone: take it from the host)",
-    )
-    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside")
-    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="user (name or uid) to run as")
+    _add_process_args(p)
     p.add_argument("--hostname", help="container host name (default: its short ID)")
     p.add_argument("--network", choices=NETWORKS, default="host", help="host (default) or none")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
@@ -87,16 +92,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("args", metavar="CMD [ARG...]", nargs=argparse.REMAINDER)
-    p.add_argument(
-        "-e",
-        "--env",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="set an environment variable (K alone: take it from the host)",
-    )
-    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside")
-    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="user (name or uid) to run as")
+    _add_process_args(p)
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.set_defaults(func=cmd_exec)
 
