@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import stat
 import sys
 import traceback
 from collections.abc import Sequence
@@ -187,14 +186,7 @@ def spec_from_args(args: argparse.Namespace) -> MountSpec:
 
 
 def _check_dir(path: Path, what: str) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise UsageError(f"{what} {path}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{what} {path} is not a directory")
+    lifecycle.require_dir(path, what, UsageError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

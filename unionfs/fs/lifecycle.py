@@ -277,14 +277,19 @@ def check_mountpoint(path: Path) -> None:
                 f"clean it up with: imgfs umount {path}"
             )
         raise Conflict(f"{path} is already an imgfs mount ({entry.source})")
+    require_dir(path, "mountpoint")
+
+
+def require_dir(path: Path, what: str, error: type[ImgfsError] = ImgfsError) -> None:
+    """Refuse, in one clear line, a path that is not an existing directory."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ImgfsError(f"mountpoint {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
     except OSError as e:
-        raise ImgfsError(f"mountpoint {path}: {e.strerror}") from None
+        raise error(f"{what} {path}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise ImgfsError(f"mountpoint {path} is not a directory")
+        raise error(f"{what} {path} is not a directory")
 
 
 def mount(
