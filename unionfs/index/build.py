@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import tempfile
 import zlib
 from array import array
 from collections.abc import Sequence
@@ -26,6 +23,7 @@ from unionfs.index.format import (
 )
 from unionfs.index.lookup import native_hash
 from unionfs.index.merge import MergedTree, merge_layers
+from unionfs.store.atomic import write_atomic
 
 
 def _u32_array(values: Sequence[int] | int) -> array:
@@ -136,29 +134,8 @@ def serialize(tree: MergedTree, layer_count: int) -> bytes:
     return pack_header(layout) + body
 
 
-def _write_atomic(out: Path, data: bytes) -> None:
-    """Write to a temp file beside `out`, fsync, rename: readers see the old or new file."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def build_index(lower_dirs: Sequence[Path], out: Path) -> None:
     """Merge the layers (top first) and persist the index at `out`, atomically."""
-    _write_atomic(Path(out), serialize(merge_layers(lower_dirs), len(lower_dirs)))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, serialize(merge_layers(lower_dirs), len(lower_dirs)))
