@@ -123,9 +123,9 @@ def unpack_tar(
     """
     layer = _Layer(dest_fd)
     try:
-        tar = _open_tar(stream)
+        tar = open_tar_stream(stream)
         try:
-            while (member := _next_member(tar)) is not None:
+            while (member := next_member(tar)) is not None:
                 tar.members.clear()  # stream mode would keep every TarInfo alive
                 layer.trim_cache()
                 _unpack_member(layer, tar, member)
@@ -174,7 +174,7 @@ class _StrictTarInfo(tarfile.TarInfo):
             raise BadInput(f"not a valid tar archive: {e} (header at byte {offset})") from None
 
 
-def _open_tar(stream: BinaryIO) -> tarfile.TarFile:
+def open_tar_stream(stream: BinaryIO) -> tarfile.TarFile:
     try:
         return tarfile.open(
             fileobj=stream,
@@ -187,7 +187,7 @@ def _open_tar(stream: BinaryIO) -> tarfile.TarFile:
         raise BadInput(f"not a valid tar archive: {e}") from None
 
 
-def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     try:
         return tar.next()
     except tarfile.ReadError as e:

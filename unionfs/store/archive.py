@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 from unionfs import reference
 from unionfs.errors import BadInput, InvalidReference, NotFound
 from unionfs.layers.compression import open_decompressed
-from unionfs.layers.unpack import _next_member, _open_tar
+from unionfs.layers.unpack import next_member, open_tar_stream
 from unionfs.reference import Reference
 from unionfs.store.atomic import fsync_dir, temp_name
 from unionfs.store.blobs import BlobRef, BlobStore
@@ -49,10 +49,11 @@ from unionfs.store.digests import HashingReader, check_digest
 from unionfs.store.images import (
     Image,
     ImageStore,
-    _entry,
-    _set_tag,
     canonical_json,
+    descriptor_entry,
     host_architecture,
+    set_tag,
+    tag_named_by,
 )
 from unionfs.store.layerstore import LayerStore, StoredLayer
 from unionfs.store.lock import flocked
@@ -148,21 +149,10 @@ def _resolve_for_save(store: ImageStore, names: list[str]) -> list[_Saved]:
         if image.is_scratch:
             raise BadInput("'scratch' is the empty image and cannot be saved")
         entry = by_manifest.setdefault(image.manifest_digest, _Saved(image))
-        ref_name = _tag_named_by(name, image)
+        ref_name = tag_named_by(name, image)
         if ref_name is not None and ref_name not in entry.ref_names:
             entry.ref_names.append(ref_name)
     return list(by_manifest.values())
-
-
-def _tag_named_by(name: str, image: Image) -> str | None:
-    """The full reference `name` is a tag of, or None when it named an ID or a digest."""
-    try:
-        ref = reference.parse(name)
-    except InvalidReference:
-        return None
-    if ref.tag is None or ref.digest is not None:
-        return None
-    return str(ref) if str(ref) in image.refs else None
 
 
 def _blob_list(store: ImageStore, saved: list[_Saved]) -> list[tuple[str, int]]:
@@ -315,9 +305,9 @@ class _Stage:
 
     def read(self, source: BinaryIO) -> None:
         _, plain = open_decompressed(source)
-        tar = _open_tar(plain)
+        tar = open_tar_stream(plain)
         try:
-            while (member := _next_member(tar)) is not None:
+            while (member := next_member(tar)) is not None:
                 tar.members.clear()
                 self._add(tar, member)
         finally:
@@ -831,9 +821,9 @@ def _install(store: ImageStore, stage: _Stage, prepared: list[_Prepared]) -> lis
     with store.layout.editing() as entries:
         for p, manifest in records:
             if not p.plan.refs and not any(e.digest == manifest.digest for e in entries):
-                entries.append(_entry(manifest, None))
+                entries.append(descriptor_entry(manifest, None))
             for ref in p.plan.refs:
-                _set_tag(entries, manifest, str(ref))
+                set_tag(entries, manifest, str(ref))
     results = []
     for p, manifest in records:
         image = next(i for i in store.images() if i.manifest_digest == manifest.digest)

@@ -213,9 +213,9 @@ class ImageStore:
         with self.layout.editing() as entries:
             if ref is None:
                 if not any(e.digest == manifest_blob.digest for e in entries):
-                    entries.append(_entry(manifest_blob, None))
+                    entries.append(descriptor_entry(manifest_blob, None))
             else:
-                _set_tag(entries, manifest_blob, str(ref))
+                set_tag(entries, manifest_blob, str(ref))
         return self._load(manifest_blob.digest)
 
     def tag(self, image: Image, ref: Reference) -> None:
@@ -223,7 +223,7 @@ class ImageStore:
             raise BadInput("'scratch' is a reserved name and cannot be tagged")
         size = self.blobs.size(image.manifest_digest)
         with self.layout.editing() as entries:
-            _set_tag(entries, BlobRef(image.manifest_digest, size), str(ref))
+            set_tag(entries, BlobRef(image.manifest_digest, size), str(ref))
 
     def remove(self, names: Iterable[str], *, force: bool = False) -> list[str]:
         """docker rmi: untag; delete an image once it has no tag left. Returns report lines."""
@@ -237,7 +237,7 @@ class ImageStore:
         image = self.find(name)
         if image.is_scratch:
             raise BadInput("'scratch' is the empty image and cannot be removed")
-        by_tag = _removes_tag(name, image)
+        by_tag = tag_named_by(name, image)
         users = self.containers_using(image.id)
         report: list[str] = []
         with self.layout.editing() as entries:
@@ -262,7 +262,7 @@ class ImageStore:
             entries[:] = [e for e in entries if e.digest != image.manifest_digest]
             if users:
                 # docker keeps an image a container needs: untag it, keep its content.
-                entries.append(_entry(BlobRef(image.manifest_digest, mine[0].size), None))
+                entries.append(descriptor_entry(BlobRef(image.manifest_digest, mine[0].size), None))
             else:
                 report.append(f"Deleted: {image.id}")
         return report
@@ -364,11 +364,11 @@ def canonical_json(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _entry(blob: BlobRef, ref_name: str | None) -> IndexEntry:
+def descriptor_entry(blob: BlobRef, ref_name: str | None) -> IndexEntry:
     return IndexEntry(blob.digest, OCI_MANIFEST, blob.size, ref_name)
 
 
-def _set_tag(entries: list[IndexEntry], blob: BlobRef, ref_name: str) -> None:
+def set_tag(entries: list[IndexEntry], blob: BlobRef, ref_name: str) -> None:
     """Point `ref_name` at `blob`; an image that loses its last tag stays, untagged."""
     previous = {e.digest: e.size for e in entries if e.ref_name == ref_name}
     entries[:] = [
@@ -376,10 +376,10 @@ def _set_tag(entries: list[IndexEntry], blob: BlobRef, ref_name: str) -> None:
         for e in entries
         if e.ref_name != ref_name and not (e.digest == blob.digest and e.ref_name is None)
     ]
-    entries.append(_entry(blob, ref_name))
+    entries.append(descriptor_entry(blob, ref_name))
     for digest, size in previous.items():
         if not any(e.digest == digest for e in entries):
-            entries.append(_entry(BlobRef(digest, size), None))
+            entries.append(descriptor_entry(BlobRef(digest, size), None))
 
 
 def _match_reference(images: list[Image], ref: Reference) -> Image | None:
@@ -395,11 +395,13 @@ def _match_reference(images: list[Image], ref: Reference) -> Image | None:
     return None
 
 
-def _removes_tag(name: str, image: Image) -> str | None:
-    """The tag `name` names, when rmi was given a reference rather than an ID."""
+def tag_named_by(name: str, image: Image) -> str | None:
+    """The full reference `name` is a tag of, or None when it named an ID or a digest."""
     try:
         ref = reference.parse(name)
     except InvalidReference:
+        return None
+    if ref.tag is None or ref.digest is not None:
         return None
     return str(ref) if str(ref) in image.refs else None
 

@@ -145,8 +145,7 @@ class LayerStore:
         try:
             fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                stats = unpack_tar(stream, fd, on_entry=on_entry)
-                _drain(stream)
+                stats = unpack_tar(stream, fd, on_entry=on_entry)  # reads to the end
                 syncfs(fd)
             finally:
                 os.close(fd)
