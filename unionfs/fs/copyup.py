@@ -76,13 +76,18 @@ class CopyUp:
         # has anyway; without root, a read-only mode is set once it is in place.
         held = mode | stat.S_IWUSR if self.ops.unprivileged else mode
         try:
-            self._copy_xattrs(lower, fd)
-            self.ops.set_owner(fd, entry.uid, entry.gid)
-            os.fchmod(fd, held)
-            os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
-        finally:
-            os.close(fd)
-        self._install(tmp, pfd, name)
+            try:
+                self._copy_xattrs(lower, fd)
+                self.ops.set_owner(fd, entry.uid, entry.gid)
+                os.fchmod(fd, held)
+                os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
+            finally:
+                os.close(fd)
+            self._install(tmp, pfd, name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(tmp, dir_fd=self.work_fd)  # a failed copy leaves nothing behind
+            raise
         if held != mode:
             os.chmod(at(pfd, name), mode)
 
@@ -131,6 +136,14 @@ class CopyUp:
 
     # -- files -------------------------------------------------------------------
 
+    async def settle(self, node: Node) -> None:
+        """Wait for a copy-up of `node` in flight (a large file copies in a worker thread),
+        so a delete or rename never races it and the finished copy never resurrects it."""
+        lock = self._locks.get(node.ino)
+        if lock is not None:
+            async with lock:
+                pass
+
     async def copy_up(self, node: Node) -> None:
         if node.is_dir:
             self.copy_up_dir(node)
@@ -161,10 +174,20 @@ class CopyUp:
         self._locks.pop(node.ino, None)
 
     async def _copy_file(self, lower: int, pfd: int, name: bytes) -> None:
+        tmp = self._tmp_name()
+        try:
+            await self._write_copy(lower, tmp)
+            self._install(tmp, pfd, name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=self.work_fd)  # a failed copy leaves nothing behind
+            raise
+
+    async def _write_copy(self, lower: int, tmp: str) -> None:
+        """Build the copy of a lower non-directory as `tmp` in the work dir."""
         index, layers = self.ops.index, self.ops.layers
         entry = index.entry(lower)
         path = index.path(lower)
-        tmp = self._tmp_name()
         kind = stat.S_IFMT(entry.mode)
         if kind == stat.S_IFREG:
             src = layers.open(entry.layer, path, os.O_RDONLY | os.O_CLOEXEC)
@@ -210,7 +233,6 @@ class CopyUp:
             os.utime(
                 tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd, follow_symlinks=False
             )
-        self._install(tmp, pfd, name)
 
     def link_name(self, node: Node, parent: Node, name: bytes) -> None:
         """Give a copied-up hard link another of its names in the upper dir (a name that

@@ -75,10 +75,6 @@ USER = XattrFormat(b"user.overlay.")
 # The default (trusted) format's names, for code that only reads that format.
 OPAQUE_XATTR = TRUSTED.opaque
 REDIRECT_XATTR = TRUSTED.redirect
-ORIGIN_XATTR = TRUSTED.origin
-PRIVATE_PREFIX = TRUSTED.prefix
-ESCAPED_PREFIX = TRUSTED.escaped_prefix
-real_xattr = TRUSTED.real
 shown_xattr = TRUSTED.shown
 
 

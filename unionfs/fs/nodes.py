@@ -46,15 +46,6 @@ class Node:
     def alive(self) -> bool:
         return self.parent is not None or self.ino == ROOT_INO
 
-    def path(self) -> bytes:
-        """Path below the mount root (b"" for the root), following renames."""
-        parts: list[bytes] = []
-        node: Node | None = self
-        while node is not None and node.ino != ROOT_INO:
-            parts.append(node.name)
-            node = node.parent
-        return b"/".join(reversed(parts))
-
     def links(self) -> list[tuple[Node, bytes]]:
         if self.parent is None:
             return list(self.extra_links)

@@ -120,7 +120,6 @@ class UnionOperations(pyfuse3.Operations):
             self.copyup = CopyUp(self, spec.work_dir)
         self.table.add(root)
         self.root = root
-        os.umask(0)  # the kernel already applied the caller's umask to every mode we get
 
     def close(self) -> None:
         for fd in self.files.values():
@@ -159,7 +158,7 @@ class UnionOperations(pyfuse3.Operations):
                 return self._probe_upper(parent, name, st, lower)
         if not lower:
             return None
-        return Probe(self._lower_ino(lower), self.index.is_dir(lower), lower, False)
+        return self._lower_probe(lower)
 
     def _lower_probe(self, ident: int) -> Probe:
         e = self.index.entry(ident)
@@ -299,13 +298,15 @@ class UnionOperations(pyfuse3.Operations):
             return self._entry(parent)
         if name == b"..":
             return self._entry(parent.parent or self.root)
-        node = self._find(parent, name)
-        if node is None:
+        probe = self._probe(parent, name)
+        if probe is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
             negative.entry_timeout = TIMEOUT
             return negative
-        return self._entry(node)
+        node = self._node(parent, name, probe)
+        self._remember(node)
+        return self._attrs(node, probe.upper_st, probe.entry)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -508,10 +509,10 @@ class UnionOperations(pyfuse3.Operations):
         try:
             self.set_owner(fd, uid, gid)
             os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared setuid/setgid
+            attrs = self._created(parent, name)
         except BaseException:
             os.close(fd)
             raise
-        attrs = self._created(parent, name)
         return self._file_info(fd), attrs
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
@@ -539,6 +540,8 @@ class UnionOperations(pyfuse3.Operations):
             raise _err(errno.EISDIR)
         if self.read_only:
             raise _err(errno.EROFS)
+        if self.copyup is not None:
+            await self.copyup.settle(node)
         if not node.upper and self.index.entry(node.lower).nlink > 1:
             await self.copy_up(node)  # its other names keep the data and count the link
         if node.upper:
@@ -592,6 +595,10 @@ class UnionOperations(pyfuse3.Operations):
         if src is None:
             raise _err(errno.ENOENT)
         dst = self._find(new_parent, name_new)
+        if self.copyup is not None:
+            for node in (src, dst):
+                if node is not None:
+                    await self.copyup.settle(node)
         if flags & RENAME_NOREPLACE and dst is not None:
             raise _err(errno.EEXIST)
         if flags & RENAME_EXCHANGE:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unionfs.fs.layerfds import is_whiteout
 from unionfs.safeio import open_beneath
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -65,10 +66,6 @@ class _Child:
 class MergedTree:
     nodes: list[Node] = field(default_factory=list)
     groups: list[list[int]] = field(default_factory=list)  # hard-link groups, ascending ids
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
 def is_opaque(fd: int) -> bool:
