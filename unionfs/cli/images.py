@@ -203,11 +203,12 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.images:
         try:
-            for line in store.remove([name], force=args.force):
+            for line in store.untag_or_delete(name, args.force):
                 print(line)
         except ImgfsError as e:
             sys.stderr.write(f"imgfs: {e}\n")
             failed += 1
+    store.collect_garbage()  # once, not per name: it scans every blob and layer
     return 1 if failed else 0
 
 

@@ -229,11 +229,12 @@ class ImageStore:
         """docker rmi: untag; delete an image once it has no tag left. Returns report lines."""
         report: list[str] = []
         for name in names:
-            report += self._remove_one(name, force)
+            report += self.untag_or_delete(name, force)
         self.collect_garbage()
         return report
 
-    def _remove_one(self, name: str, force: bool) -> list[str]:
+    def untag_or_delete(self, name: str, force: bool) -> list[str]:
+        """One name of `rmi`; the caller collects garbage once afterwards."""
         image = self.find(name)
         if image.is_scratch:
             raise BadInput("'scratch' is the empty image and cannot be removed")

@@ -92,6 +92,8 @@ class LayerStore:
         compression: Compression = Compression.ZSTD,
     ) -> StoredLayer:
         """Store a tar (plain, gzip, zstd, xz, bzip2) as a new layer."""
+        if compression not in BLOB_COMPRESSIONS:
+            raise BadInput(f"layers cannot be stored with {compression.name.lower()} compression")
         _, plain = open_decompressed(raw)
         with self.blobs.writer() as blob:
             with compressing_writer(blob, compression) as zw:
