@@ -22,6 +22,7 @@ from unionfs.runtime.process import (
     environment,
     parse_volume,
 )
+from unionfs.store.atomic import write_atomic
 from unionfs.store.images import ImageStore
 
 NETWORKS = ("host", "none")
@@ -154,9 +155,7 @@ def run_state_file(container: Container) -> Path:
 
 
 def save_spec(container: Container, spec: ProcessSpec) -> None:
-    tmp = spec_file(container).with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(spec), indent=1))
-    os.replace(tmp, spec_file(container))
+    write_atomic(spec_file(container), json.dumps(dataclasses.asdict(spec), indent=1).encode())
 
 
 def load_spec(container: Container) -> ProcessSpec:
