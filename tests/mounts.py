@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from unionfs.layers.unpack import unpack_tar
 
-from conftest import require, require_root
+from conftest import ImgfsRunner, require, require_root
 
 IMGFS_OVERLAY = str(Path(sys.executable).with_name("imgfs-overlay"))
 
@@ -48,3 +50,56 @@ def overlay_mount(lowers: list[Path], tmp: Path, name: str = "m") -> Iterator[tu
         yield mnt, upper
     finally:
         unmount(mnt)
+
+
+def require_fuse() -> None:
+    require_root()
+    require(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    require(shutil.which("fusermount3") is not None, "needs fusermount3 (apt install fuse3)")
+
+
+def tree_of(root: Path, *, with_root: bool = False) -> dict[str, tuple]:
+    """Everything a rootfs is compared by: type, mode, owner, mtime, content, link target,
+    device number and xattrs of every entry, plus the hard-link groups (names sharing an
+    inode). The root's own metadata only `with_root` (a layer unpacked from a tar without
+    a `./` entry has the root of the moment it was unpacked)."""
+    tree: dict[str, tuple] = {}
+    inodes: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        first = with_root and dirpath == str(root)
+        for name in ["", *dirnames, *filenames] if first else dirnames + filenames:
+            path = Path(dirpath) / name if name else Path(dirpath)
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            try:
+                xattrs = {
+                    k: os.getxattr(path, k, follow_symlinks=False)
+                    for k in os.listxattr(path, follow_symlinks=False)
+                }
+            except OSError:
+                xattrs = {}
+            meta = (stat.S_IFMT(st.st_mode), st.st_mode & 0o7777, st.st_uid, st.st_gid)
+            meta += (st.st_mtime_ns, tuple(sorted(xattrs.items())))
+            if stat.S_ISLNK(st.st_mode):
+                tree[rel] = (*meta, os.readlink(path))
+            elif stat.S_ISREG(st.st_mode):
+                tree[rel] = (*meta, hashlib.sha256(path.read_bytes()).hexdigest())
+                if st.st_nlink > 1:
+                    inodes.setdefault(st.st_ino, []).append(rel)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                tree[rel] = (*meta, st.st_rdev)
+            else:
+                tree[rel] = meta
+    tree["<hard links>"] = tuple(sorted(tuple(sorted(g)) for g in inodes.values() if len(g) > 1))
+    return tree
+
+
+@contextmanager
+def mounted(imgfs: ImgfsRunner, target: str, where: Path, *options: str) -> Iterator[Path]:
+    require_fuse()
+    where.mkdir(exist_ok=True)
+    imgfs("mount", *(["-o", ",".join(options)] if options else []), target, str(where))
+    try:
+        yield where
+    finally:
+        imgfs("umount", str(where), check=False)

@@ -13,12 +13,12 @@ import stat
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
+from mounts import mounted, require_fuse, tree_of
 
 import tarfactory as tf
 from conftest import (
@@ -38,12 +38,6 @@ def tool(name: str) -> str:
     require(path is not None, f"{name} is not installed")
     assert path is not None
     return path
-
-
-def require_fuse() -> None:
-    require_root()
-    require(os.path.exists("/dev/fuse"), "needs /dev/fuse")
-    require(shutil.which("fusermount3") is not None, "needs fusermount3 (apt install fuse3)")
 
 
 def imgfs_at(root: Path) -> ImgfsRunner:
@@ -66,53 +60,6 @@ def inspect(imgfs: ImgfsRunner, name: str) -> dict:
 def layer_dir(imgfs: ImgfsRunner, name: str) -> Path:
     [lower] = inspect(imgfs, name)["GraphDriver"]["Data"]["LowerDir"].split(":")
     return Path(lower)
-
-
-def tree_of(root: Path, *, with_root: bool = False) -> dict[str, tuple]:
-    """Everything a rootfs is compared by: type, mode, owner, mtime, content, link target,
-    device number and xattrs of every entry, plus the hard-link groups (names sharing an
-    inode). The root's own metadata only `with_root` (a layer unpacked from a tar without
-    a `./` entry has the root of the moment it was unpacked)."""
-    tree: dict[str, tuple] = {}
-    inodes: dict[int, list[str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        first = with_root and dirpath == str(root)
-        for name in ["", *dirnames, *filenames] if first else dirnames + filenames:
-            path = Path(dirpath) / name if name else Path(dirpath)
-            rel = str(path.relative_to(root))
-            st = path.lstat()
-            try:
-                xattrs = {
-                    k: os.getxattr(path, k, follow_symlinks=False)
-                    for k in os.listxattr(path, follow_symlinks=False)
-                }
-            except OSError:
-                xattrs = {}
-            meta = (stat.S_IFMT(st.st_mode), st.st_mode & 0o7777, st.st_uid, st.st_gid)
-            meta += (st.st_mtime_ns, tuple(sorted(xattrs.items())))
-            if stat.S_ISLNK(st.st_mode):
-                tree[rel] = (*meta, os.readlink(path))
-            elif stat.S_ISREG(st.st_mode):
-                tree[rel] = (*meta, hashlib.sha256(path.read_bytes()).hexdigest())
-                if st.st_nlink > 1:
-                    inodes.setdefault(st.st_ino, []).append(rel)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                tree[rel] = (*meta, st.st_rdev)
-            else:
-                tree[rel] = meta
-    tree["<hard links>"] = tuple(sorted(tuple(sorted(g)) for g in inodes.values() if len(g) > 1))
-    return tree
-
-
-@contextmanager
-def mounted(imgfs: ImgfsRunner, target: str, where: Path, *options: str) -> Iterator[Path]:
-    require_fuse()
-    where.mkdir(exist_ok=True)
-    imgfs("mount", *(["-o", ",".join(options)] if options else []), target, str(where))
-    try:
-        yield where
-    finally:
-        imgfs("umount", str(where), check=False)
 
 
 def listing(data: bytes) -> list[tuple]:

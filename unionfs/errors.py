@@ -21,3 +21,11 @@ class Conflict(ImgfsError):
 
 class BadInput(ImgfsError):
     """An input file (tarball, archive, blob) that is corrupt, truncated or hostile."""
+
+
+class RegistryError(ImgfsError):
+    """A registry refused a request, failed it, or could not be reached."""
+
+
+class Unauthorized(RegistryError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""

@@ -62,3 +62,41 @@ class ProgressReader:
 
     def readable(self) -> bool:
         return True
+
+
+class LineProgress:
+    """One status line per item (a layer), redrawn in place on a terminal, as `docker pull`
+    shows them; silent when the stream is not a terminal."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.lines: dict[str, str] = {}
+        self._drawn = 0
+        self._last = 0.0
+
+    def set(self, key: str, text: str, *, force: bool = True) -> None:
+        """Change a line; `force=False` redraws at most every 0.1 s (byte counters)."""
+        self.lines[key] = text
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= 0.1:
+            self._last = now
+            self._draw()
+
+    def bytes(self, key: str, verb: str, done: int, total: int) -> None:
+        pct = min(100, done * 100 // total) if total else 100
+        self.set(key, f"{verb} {human_size(done)} / {human_size(total)} ({pct}%)", force=False)
+
+    def _draw(self) -> None:
+        out = f"\x1b[{self._drawn}A" if self._drawn else ""
+        for key, text in self.lines.items():
+            out += f"\r\x1b[K{key}: {text}\n"
+        self._drawn = len(self.lines)
+        self.stream.write(out)
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.lines:
+            self._draw()

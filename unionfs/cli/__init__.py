@@ -16,6 +16,7 @@ from unionfs.cli import commit as commit_cmds
 from unionfs.cli import containers as container_cmds
 from unionfs.cli import diff as diff_cmds
 from unionfs.cli import images as images_cmds
+from unionfs.cli import registry as registry_cmds
 from unionfs.cli import run as run_cmds
 from unionfs.errors import ImgfsError
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commit_cmds.register(sub)
     archive_cmds.register(sub)
     run_cmds.register(sub)
+    registry_cmds.register(sub)
     return parser
 
 

@@ -126,7 +126,7 @@ def _rows(store: ImageStore, flt: str | None) -> list[tuple[Image, str, str]]:
         want_tag = ref.tag if ":" in flt.rsplit("/", 1)[-1] else None
     rows = []
     for image in store.images():
-        refs = image.refs or ([] if flt else [""])
+        refs = _shown_refs(image.refs) or ([] if flt else [""])
         for r in refs:
             if r and flt:
                 parsed = reference.parse(r) if _parses(r) else None
@@ -137,6 +137,12 @@ def _rows(store: ImageStore, flt: str | None) -> list[tuple[Image, str, str]]:
             repo, tag = display_ref(r) if r else ("<none>", "<none>")
             rows.append((image, repo, tag))
     return rows
+
+
+def _shown_refs(refs: list[str]) -> list[str]:
+    """A `name@digest` a pull by digest recorded is a row only if `name` has no tag row."""
+    tagged = {r.rpartition(":")[0] for r in refs if "@" not in r}
+    return [r for r in refs if "@" not in r or r.partition("@")[0] not in tagged]
 
 
 def _parses(name: str) -> bool:

@@ -29,9 +29,7 @@ byte, so an image keeps its ID.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,19 +41,16 @@ from unionfs.errors import BadInput, InvalidReference, NotFound
 from unionfs.layers.compression import open_decompressed
 from unionfs.layers.unpack import next_member, open_tar_stream
 from unionfs.reference import Reference
-from unionfs.store.atomic import fsync_dir, temp_name
-from unionfs.store.blobs import BlobRef, BlobStore
+from unionfs.store.blobs import BlobRef
 from unionfs.store.digests import HashingReader, check_digest
 from unionfs.store.images import (
     Image,
     ImageStore,
-    canonical_json,
-    descriptor_entry,
     host_architecture,
-    set_tag,
+    oci_manifest,
     tag_named_by,
 )
-from unionfs.store.layerstore import LayerStore, StoredLayer
+from unionfs.store.layerstore import StoredLayer
 from unionfs.store.lock import flocked
 from unionfs.store.mediatypes import (
     DOCKER_CONFIG,
@@ -72,7 +67,7 @@ from unionfs.store.mediatypes import (
     OCI_MANIFEST,
     REF_NAME_ANNOTATION,
 )
-from unionfs.store.paths import StorePaths
+from unionfs.store.staging import Staging
 
 __all__ = ["LoadResult", "load_archive", "save_images"]
 
@@ -284,22 +279,14 @@ class _Member:
     size: int
 
 
-class _Stage:
+class _Stage(Staging):
     """The archive's members, read once, staged content-addressed under the store's tmp/."""
 
     def __init__(self, store: ImageStore) -> None:
-        store.paths.tmp.mkdir(parents=True, exist_ok=True)
-        self.dir = temp_name(store.paths.tmp, "load-")
-        os.mkdir(self.dir, 0o700)
-        self.paths = StorePaths(self.dir)
-        self.blobs = BlobStore(self.paths)
-        self.layers = LayerStore(self.paths, self.blobs)
+        super().__init__(store, "load-")
         self.files: dict[str, _Member] = {}
         self.links: dict[str, str] = {}
         """Symlink and hard-link members: name → the member name they resolve to."""
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     # reading the archive
 
@@ -744,10 +731,7 @@ def _prepare_layer(
     store: ImageStore, stage: _Stage, layer: _LayerPlan, *, unpack: bool
 ) -> StoredLayer | None:
     if layer.descriptor is not None:  # an OCI layer, kept as its blob
-        fresh = not (
-            store.layers.path(layer.diff_id).is_dir() or stage.layers.path(layer.diff_id).is_dir()
-        )
-        if unpack and fresh:
+        if unpack and not stage.has_layer(layer.diff_id):
             stage.layers.ensure_unpacked(layer.diff_id, layer.descriptor)
         else:
             _check_diff_id(stage, layer)
@@ -782,15 +766,7 @@ def _check_diff_id(stage: _Stage, layer: _LayerPlan) -> None:
 def _install(store: ImageStore, stage: _Stage, prepared: list[_Prepared]) -> list[LoadResult]:
     """Move staged blobs and layers into the store and record the images (one index edit)."""
     store.layout.ensure()
-    moved: dict[str, int] = {}
-
-    def adopt(digest: str) -> BlobRef:
-        if digest not in moved:
-            moved[digest] = stage.blobs.size(digest)
-            store.blobs.adopt(stage.paths.blob(digest), digest, moved[digest])
-        return BlobRef(digest, moved[digest])
-
-    _install_layers(store, stage)
+    stage.install_layers()
     records: list[tuple[_Prepared, BlobRef]] = []
     for p in prepared:
         if p.existing is not None:
@@ -798,57 +774,11 @@ def _install(store: ImageStore, stage: _Stage, prepared: list[_Prepared]) -> lis
             records.append((p, BlobRef(p.existing.manifest_digest, size)))
             continue
         for layer in p.layers:
-            adopt(str(layer["digest"]))
-        config = adopt(p.plan.config_member.digest)
-        if p.plan.manifest is not None:
-            manifest = store.blobs.put(p.plan.manifest)
-        else:
-            manifest = store.blobs.put(
-                canonical_json(
-                    {
-                        "schemaVersion": 2,
-                        "mediaType": OCI_MANIFEST,
-                        "config": {
-                            "mediaType": OCI_CONFIG,
-                            "digest": config.digest,
-                            "size": config.size,
-                        },
-                        "layers": p.layers,
-                    }
-                )
-            )
-        records.append((p, manifest))
-    with store.layout.editing() as entries:
-        for p, manifest in records:
-            if not p.plan.refs and not any(e.digest == manifest.digest for e in entries):
-                entries.append(descriptor_entry(manifest, None))
-            for ref in p.plan.refs:
-                set_tag(entries, manifest, str(ref))
-    results = []
-    for p, manifest in records:
-        image = next(i for i in store.images() if i.manifest_digest == manifest.digest)
-        results.append(LoadResult(image, list(p.plan.refs)))
-    return results
+            stage.adopt_blob(str(layer["digest"]))
+        config = stage.adopt_blob(p.plan.config_member.digest)
+        raw = p.plan.manifest if p.plan.manifest is not None else oci_manifest(config, p.layers)
+        records.append((p, store.blobs.put(raw)))
+    store.record([(manifest, [str(r) for r in p.plan.refs]) for p, manifest in records])
+    images = {i.manifest_digest: i for i in store.images()}
+    return [LoadResult(images[manifest.digest], list(p.plan.refs)) for p, manifest in records]
 
-
-def _install_layers(store: ImageStore, stage: _Stage) -> None:
-    """Rename staged unpacked layers (and their info files) into the store's layers/."""
-    if not stage.paths.layers.is_dir():
-        return
-    store.paths.layers.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(os.listdir(stage.paths.layers)):
-        if not re.fullmatch(r"[0-9a-f]{64}", entry):
-            continue
-        src, dest = stage.paths.layers / entry, store.paths.layers / entry
-        if dest.is_dir():
-            continue  # another process unpacked the same layer meanwhile
-        try:
-            os.rename(src, dest)
-        except OSError:
-            if not dest.is_dir():
-                raise
-            continue
-        info = stage.paths.layers / f"{entry}.json"
-        if info.exists():
-            os.replace(info, store.paths.layers / f"{entry}.json")
-    fsync_dir(store.paths.layers)

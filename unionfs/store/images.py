@@ -199,24 +199,19 @@ class ImageStore:
     ) -> Image:
         """Write config and manifest blobs and record the image (tagged, or untagged)."""
         config_blob = self.blobs.put(canonical_json(config))
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": OCI_CONFIG,
-                "digest": config_blob.digest,
-                "size": config_blob.size,
-            },
-            "layers": layers,
-        }
-        manifest_blob = self.blobs.put(canonical_json(manifest))
-        with self.layout.editing() as entries:
-            if ref is None:
-                if not any(e.digest == manifest_blob.digest for e in entries):
-                    entries.append(descriptor_entry(manifest_blob, None))
-            else:
-                set_tag(entries, manifest_blob, str(ref))
+        manifest_blob = self.blobs.put(oci_manifest(config_blob, layers))
+        self.record([(manifest_blob, [str(ref)] if ref is not None else [])])
         return self._load(manifest_blob.digest)
+
+    def record(self, manifests: list[tuple[BlobRef, list[str]]]) -> None:
+        """Record stored manifests in index.json under their tags (untagged if none), in
+        one edit: the images appear together, or not at all."""
+        with self.layout.editing() as entries:
+            for blob, ref_names in manifests:
+                if not ref_names and not any(e.digest == blob.digest for e in entries):
+                    entries.append(descriptor_entry(blob, None))
+                for ref_name in ref_names:
+                    set_tag(entries, blob, ref_name)
 
     def tag(self, image: Image, ref: Reference) -> None:
         if image.is_scratch:
@@ -360,6 +355,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def oci_manifest(config: BlobRef, layers: list[dict[str, Any]]) -> bytes:
+    """The OCI manifest of an image whose config and layer blobs are stored."""
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config.digest, "size": config.size},
+        "layers": layers,
+    }
+    return canonical_json(doc)
+
+
 def canonical_json(doc: dict[str, Any]) -> bytes:
     """Stable bytes for a document, so the same content always has the same digest."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -384,12 +390,13 @@ def set_tag(entries: list[IndexEntry], blob: BlobRef, ref_name: str) -> None:
 
 
 def _match_reference(images: list[Image], ref: Reference) -> Image | None:
+    wanted = str(ref)
     if ref.digest is not None:
+        # a pull by digest records `name@digest` (the registry's digest of what was pulled)
         for img in images:
-            if img.manifest_digest == ref.digest:
+            if img.manifest_digest == ref.digest or wanted in img.refs:
                 return img
         return None
-    wanted = str(ref)
     for img in images:
         if wanted in img.refs:
             return img

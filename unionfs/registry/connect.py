@@ -1,0 +1,30 @@
+"""What every registry command needs to open a client: TLS choices, credentials, retries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unionfs.reference import Reference
+from unionfs.registry.auth import Credentials, find_credentials
+from unionfs.registry.client import RegistryClient, RetryPolicy
+from unionfs.registry.hosts import TlsOptions, endpoint_host, host_settings
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    authfile: Path | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    credentials: Credentials | None = None
+    """Given on the command line (`--creds`); else looked up in the auth files."""
+
+
+def client_for(ref: Reference, options: RegistryOptions) -> RegistryClient:
+    return client_for_domain(ref.domain, ref.path, options)
+
+
+def client_for_domain(domain: str, repository: str, options: RegistryOptions) -> RegistryClient:
+    host = endpoint_host(domain)
+    creds = options.credentials or find_credentials(domain, repository, options.authfile)
+    return RegistryClient(host_settings(host, options.tls), creds, options.retry)
