@@ -5,9 +5,12 @@ corrupting blobs in the registry's storage."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
+import pty
 import shutil
 import stat
 import subprocess
@@ -23,9 +26,17 @@ from unionfs import reference
 from unionfs.errors import Unauthorized
 from unionfs.layers.compression import Compression
 from unionfs.progress import LineProgress
-from unionfs.registry.auth import Credentials
+from unionfs.registry.auth import (
+    Credentials,
+    find_credentials,
+    parse_challenges,
+    remove_credentials,
+    store_credentials,
+)
 from unionfs.registry.client import RetryPolicy
 from unionfs.registry.connect import RegistryOptions
+from unionfs.registry.hosts import TlsOptions, endpoint_host, host_settings, is_loopback
+from unionfs.registry.manifests import parse_platform
 from unionfs.registry.pull import pull
 from unionfs.registry.push import push
 from unionfs.registry.search import search
@@ -499,3 +510,105 @@ def test_registry_commands_refuse_bad_arguments(imgfs: ImgfsRunner) -> None:
     ]:
         result: Result = imgfs(*args, check=False, input=b"pw\n")
         assert_user_error(result, fragment)
+
+
+# -- the pieces without a server -------------------------------------------------------
+
+
+def test_docker_hub_and_self_hosted_names_reach_the_right_endpoint() -> None:
+    assert endpoint_host(reference.parse("ubuntu").domain) == "registry-1.docker.io"
+    assert reference.parse("ubuntu").path == "library/ubuntu"
+    assert reference.parse("user/app").path == "user/app"
+    assert endpoint_host(reference.parse("ghcr.io/o/app:1").domain) == "ghcr.io"
+    assert endpoint_host(reference.parse("myhost:5000/team/app").domain) == "myhost:5000"
+    for host, loopback in [
+        ("localhost:5000", True),
+        ("127.0.0.1:5000", True),
+        ("127.8.0.1", True),
+        ("[::1]:5000", True),
+        ("registry.example.com", False),
+        ("10.0.0.1:5000", False),
+    ]:
+        assert is_loopback(host) is loopback, host
+        assert host_settings(host, TlsOptions()).allow_http is loopback, host
+    assert host_settings("registry.example.com", TlsOptions(verify=False)).allow_http
+
+
+def test_credentials_are_read_from_podman_and_docker_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    (tmp_path / "docker").mkdir()
+
+    def b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    (tmp_path / "docker" / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://index.docker.io/v1/": {"auth": b64("hubuser:hubpw")},
+                    "reg.example:5000": {"auth": b64("d:dpw")},
+                    "reg.example:5000/team": {"auth": b64("team:tpw")},
+                }
+            }
+        )
+    )
+    assert find_credentials("docker.io", "library/ubuntu") == Credentials("hubuser", "hubpw")
+    assert find_credentials("reg.example:5000", "other/app") == Credentials("d", "dpw")
+    assert find_credentials("reg.example:5000", "team/app") == Credentials("team", "tpw")
+    assert find_credentials("elsewhere.example", "x") is None
+    # a podman login (the runtime auth.json) wins over docker's file
+    written = store_credentials("reg.example:5000", Credentials("p", "ppw"))
+    assert written == tmp_path / "run" / "containers" / "auth.json"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert find_credentials("reg.example:5000", "other/app") == Credentials("p", "ppw")
+    assert remove_credentials("reg.example:5000") == [written, tmp_path / "docker" / "config.json"]
+    assert find_credentials("reg.example:5000", "other/app") is None
+
+
+def test_challenges_and_platforms_parse_as_registries_write_them() -> None:
+    [bearer] = parse_challenges(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/ubuntu:pull"'
+    )
+    assert bearer.scheme == "bearer"
+    assert bearer.params["scope"] == "repository:library/ubuntu:pull"
+    assert [c.scheme for c in parse_challenges('Basic realm="x", Bearer realm="y"')] == [
+        "basic",
+        "bearer",
+    ]
+    assert str(parse_platform("linux/arm64/v8")) == "linux/arm64/v8"
+    assert parse_platform("linux/arm64").matches({"os": "linux", "architecture": "arm64"})
+    assert parse_platform("linux/arm64/v8").matches({"os": "linux", "architecture": "arm64"})
+    assert not parse_platform("linux/arm/v7").matches(
+        {"os": "linux", "architecture": "arm", "variant": "v6"}
+    )
+
+
+def test_pull_shows_layer_progress_on_a_terminal(
+    registry: Registry, imgfs: ImgfsRunner, imported: str, root: Path
+) -> None:
+    remote = registry.ref("tests/progress:1")
+    imgfs("push", imported, remote)
+    imgfs("rmi", imported)
+    primary, secondary = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-m", "unionfs", "pull", remote],
+        env=dict(os.environ, IMGFS_ROOT=str(root)),
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        timeout=120,
+    )
+    os.close(secondary)
+    shown = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(primary, 65536):
+            shown += chunk
+    os.close(primary)
+    assert proc.returncode == 0
+    assert b"Pull complete" in shown and b"\x1b[" in shown, shown
+    assert b"Pull complete" not in proc.stdout
