@@ -86,15 +86,22 @@ def image_id(imgfs: ImgfsRunner, name: str) -> str:
     return json.loads(imgfs("inspect", name).stdout)[0]["Id"]
 
 
-def big_image(imgfs: ImgfsRunner, tmp_path: Path, name: str, size: int = 8 << 20) -> str:
-    """An image whose one layer holds `size` random bytes (so its blob is that large)."""
-    tar = tmp_path / f"{name}.tar"
+def pushed_away(
+    imgfs: ImgfsRunner, registry: Registry, tmp_path: Path, repo: str, size: int
+) -> tuple[str, str]:
+    """An image whose one layer holds `size` random bytes (so its blob is that large),
+    pushed to `registry` as `repo:1` and removed from the store: (its remote name, its ID)."""
+    tar = tmp_path / "payload.tar"
     payload = tmp_path / "payload"
     payload.write_bytes(os.urandom(size))
     with tarfile.open(tar, "w") as t:
         t.add(payload, "payload")
-    imgfs("import", str(tar), name)
-    return name
+    imgfs("import", str(tar), "big")
+    remote = registry.ref(f"{repo}:1")
+    imgfs("push", "big", remote)
+    image_id = json.loads(imgfs("inspect", "big").stdout)[0]["Id"]
+    imgfs("rmi", "big")
+    return remote, image_id
 
 
 # -- round trips and skopeo interop --------------------------------------------------------
@@ -354,12 +361,8 @@ def test_corrupt_blob_on_the_registry_is_refused_and_nothing_is_stored(
 async def test_a_connection_cut_mid_blob_resumes_with_range(
     registry: Registry, imgfs: ImgfsRunner, root: Path, tmp_path: Path
 ) -> None:
-    name = big_image(imgfs, tmp_path, "big")
-    remote = registry.ref("tests/big:1")
-    imgfs("push", name, remote)
+    _, expected = pushed_away(imgfs, registry, tmp_path, "tests/big", 8 << 20)
     store = ImageStore(root)
-    expected = store.find(name).id
-    imgfs("rmi", name)
     with Relay.to(registry) as relay:
         relay.cut_after(3 << 20)  # mid-way through the 8 MiB layer
         ref = reference.parse(f"{relay.host}/tests/big:1")
@@ -372,35 +375,25 @@ async def test_a_connection_cut_mid_blob_resumes_with_range(
 def test_partial_download_from_an_earlier_pull_is_resumed_or_redone(
     registry: Registry, imgfs: ImgfsRunner, root: Path, tmp_path: Path
 ) -> None:
-    name = big_image(imgfs, tmp_path, "big", size=2 << 20)
-    remote = registry.ref("tests/resume:1")
-    imgfs("push", name, remote)
-    layer = json.loads(imgfs("inspect", name).stdout)[0]
-    store = ImageStore(root)
-    [desc] = store.find(name).layers
-    blob = store.blobs.path(desc["digest"]).read_bytes()
-    imgfs("rmi", name)
+    remote, expected = pushed_away(imgfs, registry, tmp_path, "tests/resume", 2 << 20)
+    [digest] = skopeo_inspect(f"docker://{remote}", registry=registry)["Layers"]
+    blob = registry.blob_data_path(digest).read_bytes()
     downloads = root / "tmp" / "downloads"
-    downloads.mkdir(parents=True)
-    part = downloads / (desc["digest"].removeprefix("sha256:") + ".part")
-    part.write_bytes(blob[: len(blob) // 2])  # an interrupted pull left the first half
-    imgfs("pull", remote)
-    assert ImageStore(root).find(remote).id == layer["Id"]
-    assert not part.exists()
-    imgfs("rmi", remote)
-    downloads.mkdir(parents=True)
-    part.write_bytes(b"\0" * (len(blob) // 2))  # garbage: detected, downloaded afresh
-    imgfs("pull", remote)
-    assert ImageStore(root).find(remote).id == layer["Id"]
+    part = downloads / (digest.removeprefix("sha256:") + ".part")
+    for leftover in (blob[: len(blob) // 2], b"\0" * (len(blob) // 2)):
+        # an interrupted pull left the first half (resumed), or garbage (fetched afresh)
+        downloads.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(leftover)
+        imgfs("pull", remote)
+        assert ImageStore(root).find(remote).id == expected
+        assert not part.exists()
+        imgfs("rmi", remote)
 
 
 def test_registry_killed_mid_pull_then_restarted(
     registry: Registry, imgfs: ImgfsRunner, root: Path, tmp_path: Path
 ) -> None:
-    name = big_image(imgfs, tmp_path, "big", size=6 << 20)
-    remote = registry.ref("tests/killed:1")
-    imgfs("push", name, remote)
-    imgfs("rmi", name)
+    remote, _ = pushed_away(imgfs, registry, tmp_path, "tests/killed", 6 << 20)
     before = snapshot(root)
     with Relay.to(registry, bytes_per_second=2 << 20) as relay:
         via_relay = f"{relay.host}/tests/killed:1"

@@ -24,8 +24,8 @@ import trio
 from unionfs.errors import BadInput, NotFound, RegistryError
 from unionfs.progress import LineProgress
 from unionfs.reference import Reference
-from unionfs.registry.client import RegistryClient, run_all, status_error
-from unionfs.registry.connect import RegistryOptions, client_for
+from unionfs.registry.client import run_all, status_error
+from unionfs.registry.connect import RegistryOptions, Transfer, client_for
 from unionfs.registry.manifests import (
     ACCEPT,
     MAX_MANIFEST,
@@ -38,7 +38,7 @@ from unionfs.registry.manifests import (
     select_platform,
 )
 from unionfs.registry.sources import BlobSources
-from unionfs.store.digests import sha256_digest
+from unionfs.store.digests import sha256_digest, short_digest
 from unionfs.store.images import Image, ImageStore
 from unionfs.store.layerstore import LayerStore
 from unionfs.store.lock import flocked
@@ -75,16 +75,9 @@ async def pull(
             os.rmdir(store.paths.tmp / "downloads")
 
 
-class _Puller:
-    def __init__(
-        self, store: ImageStore, client: RegistryClient, ref: Reference, progress: LineProgress
-    ) -> None:
-        self.store = store
-        self.client = client
-        self.ref = ref
-        self.repo = ref.path
-        self.scopes = [f"repository:{ref.path}:pull"]
-        self.progress = progress
+@dataclass
+class _Puller(Transfer):
+    actions = "pull"
 
     async def run(self, platform: Platform | None) -> PullResult:
         wanted = self.ref.digest or self.ref.tag or "latest"
@@ -185,14 +178,14 @@ class _Puller:
     async def layers(self, stage: Staging, manifest: ImageManifest, diff_ids: list[str]) -> None:
         jobs = {}
         for layer, diff_id in zip(manifest.layers, diff_ids, strict=True):
-            self.progress.set(_short(layer["digest"]), "Waiting")
+            self.progress.set(short_digest(layer["digest"]), "Waiting")
             jobs[(layer["digest"], diff_id)] = functools.partial(self.layer, stage, layer, diff_id)
         await run_all(list(jobs.values()), PARALLEL_DOWNLOADS)
 
     async def layer(
         self, stage: Staging, layer: dict[str, Any], diff_id: str, limiter: trio.CapacityLimiter
     ) -> None:
-        key = _short(layer["digest"])
+        key = short_digest(layer["digest"])
         have_blob = self.store.blobs.exists(layer["digest"])
         if have_blob and stage.has_layer(diff_id):
             self.progress.set(key, "Already exists")
@@ -260,10 +253,6 @@ class _Puller:
         if image is None:
             raise RegistryError(f"{self.ref}: the pulled image vanished from the store")
         return image
-
-
-def _short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:

@@ -25,11 +25,11 @@ from unionfs.errors import BadInput, RegistryError
 from unionfs.layers.compression import Compression, open_decompressed
 from unionfs.progress import LineProgress
 from unionfs.reference import Reference
-from unionfs.registry.client import RegistryClient, run_all, status_error
-from unionfs.registry.connect import RegistryOptions, client_for
+from unionfs.registry.client import run_all, status_error
+from unionfs.registry.connect import RegistryOptions, Transfer, client_for
 from unionfs.registry.sources import BlobSources
 from unionfs.store.atomic import temp_name
-from unionfs.store.digests import HashingWriter, sha256_digest
+from unionfs.store.digests import HashingWriter, sha256_digest, short_digest
 from unionfs.store.images import Image, ImageStore, canonical_json
 from unionfs.store.layerstore import compressing_writer
 from unionfs.store.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST
@@ -129,30 +129,18 @@ def _gzip_copy(path: Path, scratch: Path) -> dict[str, Any]:
     return {"mediaType": OCI_LAYER_GZIP, "digest": hashed.digest, "size": hashed.count}
 
 
-class _Pusher:
-    def __init__(
-        self,
-        store: ImageStore,
-        client: RegistryClient,
-        ref: Reference,
-        progress: LineProgress,
-        chunk_size: int,
-    ) -> None:
-        self.store = store
-        self.client = client
-        self.ref = ref
-        self.repo = ref.path
-        self.scopes = [f"repository:{ref.path}:pull,push"]
-        self.progress = progress
-        self.chunk_size = chunk_size
+@dataclass
+class _Pusher(Transfer):
+    chunk_size: int = CHUNK_SIZE
+    actions = "pull,push"
 
     async def blobs(self, blobs: list[_Blob]) -> None:
         for blob in blobs:
-            self.progress.set(_short(blob.digest), "Waiting")
+            self.progress.set(short_digest(blob.digest), "Waiting")
         await run_all([functools.partial(self.blob, b) for b in blobs], PARALLEL_UPLOADS)
 
     async def blob(self, blob: _Blob, limiter: trio.CapacityLimiter) -> None:
-        key = _short(blob.digest)
+        key = short_digest(blob.digest)
         async with limiter:
             resp = await self.client.request(
                 "HEAD", f"/v2/{self.repo}/blobs/{blob.digest}", self.scopes, what="check a blob"
@@ -273,7 +261,3 @@ class _Pusher:
                 f"{self.ref}: the registry stored the manifest as {echoed}, not {digest}"
             )
         return digest
-
-
-def _short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]

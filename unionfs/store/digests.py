@@ -15,6 +15,11 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def short_digest(digest: str) -> str:
+    """The 12 hex digits docker shows for a digest or ID."""
+    return digest.removeprefix("sha256:")[:12]
+
+
 def check_digest(digest: str) -> str:
     """Refuse anything but a well-formed sha256 digest: it becomes a file name."""
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
