@@ -1,4 +1,7 @@
-"""Registry commands: pull, push, login, logout, search."""
+"""Registry commands: pull, push, login, logout, search.
+
+The HTTP client (httpx, trio) is imported by the commands that use it, not when the
+parser is built, so other imgfs commands do not pay for it."""
 
 from __future__ import annotations
 
@@ -6,23 +9,16 @@ import argparse
 import getpass
 import sys
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from unionfs import reference
 from unionfs.cli.images import open_store
 from unionfs.cli.output import print_json, print_table
 from unionfs.errors import BadInput, ImgfsError, Unauthorized
-from unionfs.layers.compression import Compression
-from unionfs.progress import LineProgress
-from unionfs.registry.auth import Credentials, remove_credentials, store_credentials
-from unionfs.registry.connect import RegistryOptions, client_for_domain
-from unionfs.registry.hosts import TlsOptions
-from unionfs.registry.manifests import parse_platform
-from unionfs.registry.pull import pull
-from unionfs.registry.push import push
-from unionfs.registry.search import search
+
+if TYPE_CHECKING:
+    from unionfs.progress import LineProgress
+    from unionfs.registry.connect import RegistryOptions
 
 
 def _bool(value: str) -> bool:
@@ -100,6 +96,10 @@ def register(sub: Any) -> None:
 
 
 def _options(args: argparse.Namespace) -> RegistryOptions:
+    from unionfs.registry.auth import Credentials
+    from unionfs.registry.connect import RegistryOptions
+    from unionfs.registry.hosts import TlsOptions
+
     creds = None
     if getattr(args, "creds", None):
         user, sep, password = args.creds.partition(":")
@@ -111,12 +111,19 @@ def _options(args: argparse.Namespace) -> RegistryOptions:
 
 
 def _progress(args: argparse.Namespace) -> LineProgress:
+    from unionfs.progress import LineProgress
+
     progress = LineProgress()
     progress.enabled = progress.enabled and not args.quiet
     return progress
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    import trio
+
+    from unionfs.registry.manifests import parse_platform
+    from unionfs.registry.pull import pull
+
     ref = reference.parse(args.ref)
     platform = parse_platform(args.platform) if args.platform else None
     store = open_store(args)
@@ -137,6 +144,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    import trio
+
+    from unionfs.layers.compression import Compression
+    from unionfs.registry.push import push
+
     store = open_store(args)
     image = store.find(args.source)
     dest = reference.parse(args.dest or args.source)
@@ -170,6 +182,12 @@ def _registry_domain(host: str) -> str:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    import trio
+
+    from unionfs.registry.auth import Credentials, store_credentials
+    from unionfs.registry.connect import RegistryOptions, client_for_domain
+    from unionfs.registry.hosts import TlsOptions
+
     domain = _registry_domain(args.host)
     username = args.username
     if username is None:
@@ -206,6 +224,8 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
+    from unionfs.registry.auth import remove_credentials
+
     domain = _registry_domain(args.host)
     if not remove_credentials(domain, args.authfile):
         raise ImgfsError(f"not logged in to {domain}")
@@ -214,6 +234,10 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import trio
+
+    from unionfs.registry.search import search
+
     term, domain = args.term, reference.DEFAULT_DOMAIN
     first, slash, rest = term.partition("/")
     if args.registry:
