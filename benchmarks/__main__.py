@@ -9,13 +9,24 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import changes_bench, data, import_bench, machine, mount_bench, report
+from benchmarks import (
+    changes_bench,
+    data,
+    import_bench,
+    layers_bench,
+    machine,
+    mount_bench,
+    registry_bench,
+    report,
+)
 from benchmarks.harness import Case, CaseResult, rmtree, run_case, unmount_under
 
 BENCHMARKS: dict[str, Callable[[data.Dataset, bool], list[Case]]] = {
     "changes": changes_bench.cases,
     "import": import_bench.cases,
+    "layers": layers_bench.cases,
     "mount": mount_bench.cases,
+    "registry": registry_bench.cases,
 }
 """Each benchmark turns a data set (and the --quick flag) into its cases."""
 
@@ -24,7 +35,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="fewer reps, no warm-up (smoke test)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 reps, no warm-up, smaller files and fewer layer images: the same code paths",
+    )
     p.add_argument(
         "--only",
         action="append",
@@ -34,13 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--reps", type=int, help="measured reps per contender (default 5, quick 2)")
     p.add_argument("--warmup", type=int, help="discarded warm-up rounds (default 1, quick 0)")
-    p.add_argument("--data", choices=data.DATASETS, help="input (default debian, quick small)")
+    p.add_argument("--data", choices=data.DATASETS, default="debian", help="input (default debian)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"results dir (default {RESULTS})")
     p.add_argument("--scratch", type=Path, help="work dir (default: CACHE/scratch)")
     args = p.parse_args(argv)
     args.reps = args.reps if args.reps is not None else (2 if args.quick else 5)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
-    args.data = args.data or ("small" if args.quick else "debian")
     if args.reps < 1 or args.warmup < 0:
         p.error("--reps must be at least 1 and --warmup not negative")
     return args
@@ -88,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         "data": dataset.as_json(),
         "machine": machine.describe(tools, scratch.parent),
     }
-    json_path, md_path = report.write(results, meta, args.out)
+    written = report.write(results, meta, args.out)
     print(report.table(results))
-    print(f"\nwrote {json_path} and {md_path}")
+    print(f"\nwrote {', '.join(str(p) for p in written)}")
     failed = [o.contender.name for r in results for o in r.outcomes if o.error and o.contender.ours]
     if failed:
         sys.stderr.write(f"benchmarks: ours failed: {', '.join(failed)}\n")

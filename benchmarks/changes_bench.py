@@ -34,7 +34,7 @@ from benchmarks.changes_data import COMMIT_REPO, UMOCI_TAG, Prepared, imgfs
 from benchmarks.data import Dataset
 from benchmarks.harness import Case, CommandError, Contender, Rep, run, slug
 from benchmarks.import_bench import imgfs_command
-from benchmarks.mount_bench import daemon_pid
+from benchmarks.mounters import daemon_pid
 
 DIFF_FLOOR = "find upper dir (floor)"
 COMMIT_BASELINE = "tar -c + zstd -T0 -3"

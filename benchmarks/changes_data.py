@@ -43,7 +43,7 @@ from typing import Any
 from benchmarks.data import Dataset, cache_dir
 from benchmarks.harness import CommandError, rmtree, run, unmount_under
 from benchmarks.import_bench import imgfs_command
-from benchmarks.mount_data import _members, _norm, _pick, _under
+from benchmarks.mount_data import members, norm, pick, under
 
 PLAN_VERSION = 1
 """Bump when the change set or its application changes: cached builds are rebuilt."""
@@ -127,14 +127,14 @@ def choose(members: dict[str, tarfile.TarInfo], n: int, quick: bool) -> Plan:
             top = "/".join(parts[:i])
             descendants[top] = descendants.get(top, 0) + 1
     dirs = [d for d in names if members[d].isdir()]
-    link_targets = {_norm(m.linkname) for m in members.values() if m.islnk()}
+    link_targets = {norm(m.linkname) for m in members.values() if m.islnk()}
     special = ("dev", "proc", "sys", NEW_ROOT)
 
     def free(path: str, taken: list[str]) -> bool:
-        return not any(_under(path, t) for t in taken) and not any(_under(path, s) for s in special)
+        return not any(under(path, t) for t in taken) and not any(under(path, s) for s in special)
 
     few = 1 if quick else 3
-    opaque_dirs = _pick(
+    opaque_dirs = pick(
         [
             d
             for d in dirs
@@ -144,7 +144,7 @@ def choose(members: dict[str, tarfile.TarInfo], n: int, quick: bool) -> Plan:
         [],
     )
     taken = list(opaque_dirs)
-    renamed = _pick(
+    renamed = pick(
         [d for d in dirs if 2 <= descendants.get(d, 0) <= 200 and free(d, taken)], few, taken
     )
     taken += renamed
@@ -411,7 +411,7 @@ def _build(data: Dataset, n: int, quick: bool, store: Path, home: Path, image: s
         imgfs(store, "import", "--compression", "gzip", data.tarball, image)
         found = ImageStore(store).find(image)
     lower = lower_dirs_for(images, found.diff_ids)
-    plan = choose(_members(data.tarball), n, quick)
+    plan = choose(members(data.tarball), n, quick)
 
     unmount_under(home)
     rmtree(home)

@@ -63,6 +63,8 @@ class Case:
     bytes: int | None = None
     """Bytes each action processes, for MB/s; None where throughput means nothing."""
     notes: list[str] = field(default_factory=list)
+    rate_metric: str | None = None
+    """A metric that is the workload's rate (fio's `iops`): ratios then compare it, not time."""
 
 
 @dataclass
@@ -116,10 +118,20 @@ class CaseResult:
     case: Case
     outcomes: list[Outcome]
 
+    def outcome(self, name: str) -> Outcome | None:
+        return next((o for o in self.outcomes if o.contender.name == name), None)
+
     def ratio(self, outcome: Outcome) -> float | None:
-        """Median wall time relative to the baseline's (2.0 = twice as slow)."""
-        base = next((o for o in self.outcomes if o.contender.name == self.case.baseline), None)
-        if base is None or base.median_s is None or outcome.median_s is None:
+        """Median wall time relative to the baseline's (2.0 = twice as slow); for a case
+        with a rate metric the baseline's rate over this one's (the same reading)."""
+        base = self.outcome(self.case.baseline)
+        if base is None:
+            return None
+        if self.case.rate_metric:
+            theirs = base.median_metrics().get(self.case.rate_metric)
+            ours = outcome.median_metrics().get(self.case.rate_metric)
+            return theirs / ours if theirs and ours else None
+        if base.median_s is None or outcome.median_s is None:
             return None
         return outcome.median_s / base.median_s if base.median_s > 0 else None
 

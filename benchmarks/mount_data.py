@@ -115,7 +115,7 @@ def prepare(data: Dataset, big_bytes: int, log: Any = sys.stderr) -> Stack:
     cache = cache_dir()
     store_root = cache / f"mount-store-{data.name}"
     meta = cache / f"mount-{data.name}-{big_bytes >> 20}m.json"
-    _remove_leftover_containers(store_root)
+    remove_leftover_containers(store_root)
     if meta.is_file():
         doc = json.loads(meta.read_text())
         stack = Stack(
@@ -141,7 +141,7 @@ def prepare(data: Dataset, big_bytes: int, log: Any = sys.stderr) -> Stack:
     return stack
 
 
-def _remove_leftover_containers(store_root: Path) -> None:
+def remove_leftover_containers(store_root: Path) -> None:
     """Containers an interrupted run left behind (their mounts were in the scratch dir)."""
     containers = store_root / "containers"
     if containers.is_dir():
@@ -162,7 +162,7 @@ def _build(data: Dataset, big_bytes: int, store_root: Path, log: Any) -> Stack:
         t0 = time.monotonic()
         with open(data.tarball, "rb") as f:
             base = store.layers.import_tar(f)
-        base_members = _members(data.tarball)
+        base_members = members(data.tarball)
         changes_tar, changes = _changes_tar(base_members)
         changes_layer = store.layers.import_tar(io.BytesIO(changes_tar))
         big_tar = tmp / "big.tar"
@@ -189,34 +189,32 @@ def _build(data: Dataset, big_bytes: int, store_root: Path, log: Any) -> Stack:
         log.write(f"benchmarks: layers ready in {time.monotonic() - t0:.1f} s\n")
     finally:
         rmtree(tmp)
-    entries = _merged_entries(base_members, changes)
+    entries = len(merged_paths(base_members, changes))
     return Stack(store_root, str(ref), lower, big_bytes, changes, entries)
 
 
-def _members(tarball: Path) -> dict[str, tarfile.TarInfo]:
+def members(tarball: Path) -> dict[str, tarfile.TarInfo]:
     """The base tar's entries by normalized path ("etc/passwd"), root excluded."""
     out = {}
     with tarfile.open(tarball) as tar:
         for m in tar:
-            name = _norm(m.name)
+            name = norm(m.name)
             if name:
                 out[name] = m
     return out
 
 
-def _norm(name: str) -> str:
+def norm(name: str) -> str:
     return "/".join(p for p in name.split("/") if p not in ("", "."))
 
 
-def _under(path: str, top: str) -> bool:
+def under(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
 
 
-def _pick(candidates: list[str], count: int, taken: list[str]) -> list[str]:
+def pick(candidates: list[str], count: int, taken: list[str]) -> list[str]:
     """`count` of `candidates`, evenly spread, none inside or above an already taken path."""
-    free = [
-        c for c in candidates if not any(_under(c, t) or _under(t, c) for t in taken if t != "")
-    ]
+    free = [c for c in candidates if not any(under(c, t) or under(t, c) for t in taken if t != "")]
     if len(free) <= count:
         return free
     step = len(free) / (count + 1)
@@ -248,22 +246,21 @@ def choose_changes(members: dict[str, tarfile.TarInfo]) -> dict[str, Any]:
         return 3 <= len(children.get(n, [])) <= 100
 
     taken: list[str] = []
-    wdir = preferred("whiteout_dir", small_dir) or _pick([d for d in dirs if small_dir(d)], 1, [])
+    wdir = preferred("whiteout_dir", small_dir) or pick([d for d in dirs if small_dir(d)], 1, [])
     taken += wdir[:1]
-    opaque = preferred("opaque_dir", lambda n: opaque_ok(n) and not _under(n, taken[0]))
-    opaque = opaque or _pick([d for d in dirs if opaque_ok(d)], 1, taken)
+    opaque = preferred("opaque_dir", lambda n: opaque_ok(n) and not under(n, taken[0]))
+    opaque = opaque or pick([d for d in dirs if opaque_ok(d)], 1, taken)
     taken += opaque[:1]
     modified = [m for m in preferred("modified", lambda n: True) if m in files]
-    modified = [m for m in modified if not any(_under(m, t) for t in taken)][: WANT["modified"]]
-    modified += _pick(
-        [f for f in files if f not in modified], WANT["modified"] - len(modified), taken
-    )
+    modified = [m for m in modified if not any(under(m, t) for t in taken)][: WANT["modified"]]
+    plain = [f for f in files if f not in modified and not members[f].mode & 0o111]
+    modified += pick(plain, WANT["modified"] - len(modified), taken)  # programs keep running
     taken += modified
     whiteouts = preferred("whiteout_files", lambda n: n in non_dirs)
-    whiteouts = [w for w in whiteouts if not any(_under(w, t) for t in taken)]
+    whiteouts = [w for w in whiteouts if not any(under(w, t) for t in taken)]
     whiteouts = whiteouts[: WANT["whiteout_files"]]
     need = WANT["whiteout_files"] - len(whiteouts)
-    whiteouts += _pick([n for n in non_dirs if n not in whiteouts], need, taken + whiteouts)
+    whiteouts += pick([n for n in non_dirs if n not in whiteouts], need, taken + whiteouts)
     if not wdir or not opaque:
         raise SystemExit("benchmarks: the base rootfs is too small for the changes layer")
     return {
@@ -354,15 +351,15 @@ class _RandomReader(io.RawIOBase):
         return os.urandom(n) if n else b""
 
 
-def _merged_entries(members: dict[str, tarfile.TarInfo], changes: dict[str, Any]) -> int:
-    """Entries (root excluded) overlayfs semantics show: `find MNT | wc -l` minus one."""
+def merged_paths(members: dict[str, tarfile.TarInfo], changes: dict[str, Any]) -> set[str]:
+    """The entries (root excluded) overlayfs semantics show: what `find MNT` lists."""
     gone = [*changes["whiteouts"], changes["whiteout_dir"]]
     opaque = changes["opaque_dir"]
-    names = {n for n in members if not any(_under(n, g) for g in gone)}
+    names = {n for n in members if not any(under(n, g) for g in gone)}
     names = {n for n in names if not n.startswith(opaque + "/")}
     names |= {f"{opaque}/{n}" for n in changes["opaque_new"]}
     names |= set(changes["added"])
     for rel in [*changes["added"], BIG_NAME]:
         parts = rel.split("/")
         names |= {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    return len(names)
+    return names

@@ -25,17 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import data, mount_bench, mount_data
+from benchmarks import data, mount_bench, mount_data, mounters, workloads
 from benchmarks.harness import Rep, rmtree, unmount_under
 
 WORKLOADS = {
-    "find-cold": (mount_bench._find, True),
-    "find-warm": (mount_bench._find, False),
-    "ls-warm": (mount_bench._ls, False),
-    "cat-cold": (mount_bench._cat, True),
-    "cat-warm": (mount_bench._cat, False),
+    "find-cold": (workloads.find, True),
+    "find-warm": (workloads.find, False),
+    "ls-warm": (workloads.ls, False),
+    "cat-cold": (workloads.cat, True),
+    "cat-warm": (workloads.cat, False),
 }
-CONTENDERS = {m.name: m for m in mount_bench.MOUNTERS if m.ours}
+CONTENDERS = {m.name: m for m in mounters.MOUNTERS if m.ours}
 
 
 def py_spy() -> str:
@@ -74,11 +74,11 @@ def profile_round(
     rep = Rep(0, workdir)
     workdir.mkdir(parents=True)
     try:
-        mount_bench._prepare_rep(mounter, stack, rep)
-        mount_bench._mount(mounter, stack, rep)
+        mounters.prepare_rep(mounter, stack, rep)
+        mounters.mount(mounter, stack, rep)
         pid = rep.state["daemon"]
         if cold:
-            mount_bench.drop_caches()
+            mounters.drop_caches()
         else:
             action(rep)
         cmd = [py_spy(), "record", "--pid", str(pid), "--rate", str(args.rate)]
@@ -98,7 +98,7 @@ def profile_round(
             raise SystemExit(f"benchmarks.profile_mount: py-spy failed: {err.decode()[-500:]}")
         return wall
     finally:
-        mount_bench._unmount(mounter, stack, rep)
+        mounters.unmount(mounter, stack, rep)
         unmount_under(workdir)
         rmtree(workdir)
 

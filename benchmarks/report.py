@@ -1,4 +1,5 @@
-"""Results as JSON (every sample, for later analysis) and a markdown table (for people)."""
+"""Results as JSON (every sample, for later analysis), a markdown table (for people) with
+issue #6's goals checked, and a PNG chart of the ratios."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks import chart, targets
 from benchmarks.harness import CaseResult, Outcome
 
 HEADERS = ["Workload", "Contender", "Median", "Range", "CPU", "MB/s", "× baseline"]
@@ -53,10 +55,12 @@ def to_json(results: list[CaseResult], meta: dict[str, Any]) -> dict[str, Any]:
                 "baseline": r.case.baseline,
                 "bytes": r.case.bytes,
                 "notes": r.case.notes,
+                "rate_metric": r.case.rate_metric,
                 "contenders": contenders,
             }
         )
-    return {**meta, "cases": cases}
+    goals = [v.as_json() for v in targets.evaluate(results)]
+    return {**meta, "cases": cases, "targets": goals}
 
 
 def _seconds(value: float | None) -> str:
@@ -91,7 +95,9 @@ def table(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def to_markdown(results: list[CaseResult], meta: dict[str, Any]) -> str:
+def to_markdown(
+    results: list[CaseResult], meta: dict[str, Any], chart_name: str | None = None
+) -> str:
     m = meta["machine"]
     tools = ", ".join(f"{k} {v}" for k, v in m["tools"].items() if v)
     mem = f", {m['memory_bytes'] / 2**30:.0f} GiB RAM" if m.get("memory_bytes") else ""
@@ -112,6 +118,16 @@ def to_markdown(results: list[CaseResult], meta: dict[str, Any]) -> str:
     out += ["", table(results), ""]
     if metrics := metrics_table(results):
         out += ["Metrics (medians over the measured reps):", "", metrics, ""]
+    if verdicts := targets.evaluate(results):
+        out += [
+            "Issue #6's goals for imgfs (ratios to kernel overlayfs in this run; for MB/s and"
+            " IOPS the contender's rate / kernel's):",
+            "",
+            targets.table(verdicts),
+            "",
+        ]
+    if chart_name:
+        out += [f"![ratios to the baseline]({chart_name})", ""]
     return "\n".join(out) + "\n"
 
 
@@ -136,10 +152,13 @@ def _metric(key: str, value: float) -> str:
     return f"{value / 1e6:.1f} MB" if key.endswith("bytes") else f"{value:g}"
 
 
-def write(results: list[CaseResult], meta: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write(results: list[CaseResult], meta: dict[str, Any], out_dir: Path) -> list[Path]:
+    """`<date>-<suite>.json`, `.md` and (when there are ratios to draw) `.png`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{meta['date']}-{meta['suite']}"
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    title = f"{meta['suite']} ({meta['date']}, {meta['data']['name']}, {meta['reps']} reps)"
+    png = chart.write(results, out_dir / f"{stem}.png", title)
     json_path.write_text(json.dumps(to_json(results, meta), indent=2) + "\n")
-    md_path.write_text(to_markdown(results, meta))
-    return json_path, md_path
+    md_path.write_text(to_markdown(results, meta, png.name if png else None))
+    return [json_path, md_path] + ([png] if png else [])
