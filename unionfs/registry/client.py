@@ -28,7 +28,7 @@ import trio
 from unionfs import __version__
 from unionfs.errors import BadInput, ImgfsError, NotFound, RegistryError, Unauthorized
 from unionfs.registry.auth import Challenge, Credentials, parse_challenges
-from unionfs.registry.hosts import HostSettings
+from unionfs.registry.hosts import HostSettings, is_loopback
 
 T = TypeVar("T")
 USER_AGENT = f"imgfs/{__version__}"
@@ -79,7 +79,8 @@ class RegistryClient:
             timeout=httpx.Timeout(60.0, connect=15.0),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
-            trust_env=False,
+            # proxies from the environment for real registries, never for this machine
+            trust_env=not is_loopback(settings.host),
         )
 
     async def __aenter__(self) -> RegistryClient:
