@@ -564,6 +564,8 @@ class Relay:
         self._closed = threading.Event()
         self._cut_at: int | None = None
         self._cut_kills = False
+        self._fail_next = 0
+        self.failed = 0
         self._next_send = 0.0
         if start:
             self.start()
@@ -619,6 +621,12 @@ class Relay:
             self._cut_at = self.bytes_down + n
             self._cut_kills = kill
 
+    def fail_next(self, n: int) -> None:
+        """Answer the next n connections as an overloaded load balancer in front of the
+        registry does: `503 Service Unavailable`, then close."""
+        with self._cond:
+            self._fail_next = n
+
     def wait_for_bytes(self, n: int, timeout: float = 30) -> None:
         """Block until at least n server→client bytes have been forwarded in total."""
         with self._cond:
@@ -639,6 +647,14 @@ class Relay:
                 continue
             except OSError:
                 return
+            with self._cond:
+                failing = self._fail_next > 0
+                if failing:
+                    self._fail_next -= 1
+                    self.failed += 1
+            if failing:
+                threading.Thread(target=_answer_503, args=(client,), daemon=True).start()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -706,6 +722,17 @@ class Relay:
             self._next_send = at + size / self.bytes_per_second
         if at > now:
             time.sleep(at - now)
+
+
+def _answer_503(client: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        client.settimeout(5)
+        client.recv(65536)  # the request (its head, at least)
+        client.sendall(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+            b"Retry-After: 0\r\nConnection: close\r\n\r\n"
+        )
+    _close(client)
 
 
 def _close(sock: socket.socket) -> None:

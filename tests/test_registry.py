@@ -23,7 +23,7 @@ import pytest
 from mounts import mounted, tree_of
 
 from unionfs import reference
-from unionfs.errors import Unauthorized
+from unionfs.errors import RegistryError, Unauthorized
 from unionfs.layers.compression import Compression
 from unionfs.progress import LineProgress
 from unionfs.registry.auth import (
@@ -605,3 +605,20 @@ def test_pull_shows_layer_progress_on_a_terminal(
     assert proc.returncode == 0
     assert b"Pull complete" in shown and b"\x1b[" in shown, shown
     assert b"Pull complete" not in proc.stdout
+
+
+async def test_server_errors_are_retried_a_bounded_number_of_times(
+    registry: Registry, imgfs: ImgfsRunner, root: Path, tmp_path: Path
+) -> None:
+    _, expected = pushed_away(imgfs, registry, tmp_path, "tests/flaky", 64 << 10)
+    store = ImageStore(root)
+    with Relay.to(registry) as relay:
+        ref = reference.parse(f"{relay.host}/tests/flaky:1")
+        relay.fail_next(100)
+        options = RegistryOptions(retry=RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.1))
+        with pytest.raises(RegistryError, match=r"HTTP 503.*gave up after 3 attempts"):
+            await pull(store, ref, options=options)
+        assert relay.failed >= 3 and not store.images()
+        relay.fail_next(2)  # a short outage: the retries outlive it
+        result = await pull(store, ref, options=options)
+    assert result.image.id == expected
