@@ -14,18 +14,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unionfs import reference
 from unionfs.errors import BadInput, Conflict, InvalidReference, NotFound
 from unionfs.reference import Reference
 from unionfs.store.atomic import temp_name
 from unionfs.store.blobs import BlobRef, BlobStore
-from unionfs.store.layerstore import LayerStore
 from unionfs.store.layout import IndexEntry, Layout
 from unionfs.store.lock import flocked
 from unionfs.store.mediatypes import INDEX_TYPES, MANIFEST_TYPES, OCI_CONFIG, OCI_MANIFEST
 from unionfs.store.paths import StorePaths, default_root
+
+if TYPE_CHECKING:
+    from unionfs.store.layerstore import LayerStore
 
 
 @dataclass
@@ -122,8 +124,18 @@ class ImageStore:
         self.paths = StorePaths(Path(root) if root is not None else default_root())
         self.blobs = BlobStore(self.paths)
         self.layout = Layout(self.paths)
-        self.layers = LayerStore(self.paths, self.blobs)
+        self._layers: LayerStore | None = None
         self._cache: dict[str, Image] = {}
+
+    @property
+    def layers(self) -> LayerStore:
+        """Made on first use: mounting and listing never need the unpacker (zstandard,
+        tarfile), and `imgfs mount` starts faster without importing it."""
+        if self._layers is None:
+            from unionfs.store.layerstore import LayerStore
+
+            self._layers = LayerStore(self.paths, self.blobs)
+        return self._layers
 
     # -- reading ---------------------------------------------------------------
 
