@@ -2,35 +2,68 @@
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import os
 import sys
-import traceback
-from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from unionfs import __version__
-from unionfs.cli import archive as archive_cmds
-from unionfs.cli import commit as commit_cmds
-from unionfs.cli import containers as container_cmds
-from unionfs.cli import diff as diff_cmds
-from unionfs.cli import images as images_cmds
-from unionfs.cli import registry as registry_cmds
-from unionfs.cli import run as run_cmds
 from unionfs.errors import ImgfsError
 
+TYPE_CHECKING = False  # not typing's: `imgfs-overlay` (in this package) would pay ~2.5 ms
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import NoReturn
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but with errors in imgfs's one-line form."""
+# The module that registers each command, in `imgfs --help` order. Only the command's own
+# module is imported (it may pull in the whole store), so that a quick command like
+# `imgfs mount` does not pay for every other one; help and errors import them all.
+MODULES = ("images", "containers", "diff", "commit", "archive", "run", "registry")
+COMMANDS = {
+    **dict.fromkeys(("import", "images", "tag", "rmi", "inspect", "history"), "images"),
+    **dict.fromkeys(("create", "ps", "rm", "mount", "umount", "unmount"), "containers"),
+    "diff": "diff",
+    "commit": "commit",
+    **dict.fromkeys(("save", "load", "export"), "archive"),
+    **dict.fromkeys(("run", "start", "exec"), "run"),
+    **dict.fromkeys(("pull", "push", "login", "logout", "search"), "registry"),
+}
 
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"imgfs: {message} (see '{self.prog} --help')\n")
-        raise SystemExit(2)
+
+def parser_class(name: str) -> type[argparse.ArgumentParser]:
+    """argparse's parser, but with errors in the one-line form of command `name`. Made on
+    demand: `imgfs-overlay`, in this package, parses its usual command line without
+    argparse (and the ~5 ms its import and first parser cost)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            sys.stderr.write(f"{name}: {message} (see '{self.prog} --help')\n")
+            raise SystemExit(2)
+
+    return Parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def command_module(argv: Sequence[str]) -> str | None:
+    """The module of the command `argv` runs, None if unsure (help, an unknown command)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            return None
+        if arg.startswith("--") and len(arg) > 2 and "--root".startswith(arg.split("=")[0]):
+            if "=" not in arg:
+                next(args, None)  # --root PATH (argparse takes any prefix of it)
+            continue
+        if arg.startswith("-"):
+            return None
+        return COMMANDS.get(arg)
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser_cls = parser_class("imgfs")
+    parser = parser_cls(
         prog="imgfs", description="Container images as stacks of layers, mounted with FUSE."
     )
     parser.add_argument("--version", action="version", version=f"imgfs {__version__}")
@@ -40,20 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="store root (default: $IMGFS_ROOT, /var/lib/unionfs as root, else XDG dir)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_cls)
     sub.required = True
-    images_cmds.register(sub)
-    container_cmds.register(sub)
-    diff_cmds.register(sub)
-    commit_cmds.register(sub)
-    archive_cmds.register(sub)
-    run_cmds.register(sub)
-    registry_cmds.register(sub)
+    only = None if argv is None else command_module(argv)
+    for name in MODULES if only is None else (only,):
+        importlib.import_module(f"unionfs.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -70,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{e.strerror or e}{where}", 1)
     except Exception as e:  # a bug: one line, the traceback only when asked for
         if os.environ.get("IMGFS_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         return _fail(f"internal error: {type(e).__name__}: {e} (set IMGFS_DEBUG=1 for details)", 70)
 

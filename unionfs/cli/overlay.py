@@ -19,19 +19,28 @@ the upper dir in kernel overlayfs's `-o userxattr` format (`user.overlay.*` xatt
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
-import traceback
-from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from types import SimpleNamespace
 
 from unionfs import __version__
 from unionfs.errors import ImgfsError
-from unionfs.fs import lifecycle
-from unionfs.fs.spec import FUSE_OPTIONS, FUSE_VALUE_OPTIONS, MountSpec
+from unionfs.fs import mountclient
+from unionfs.fs.options import FUSE_OPTIONS, FUSE_VALUE_OPTIONS
+
+# Imports are kept to the few a mount needs (the mount server's client): each one is
+# paid at every mount. argparse, typing, dataclasses, the daemon's modules cost more than
+# the mount itself; argparse is imported only for an unusual command line (help,
+# errors), lifecycle and MountSpec only when the mount server does not take the mount.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any
+
+    from unionfs.fs.spec import MountSpec
 
 PROG = "imgfs-overlay"
 INDEX_NAME = "imgfs-index"
@@ -65,14 +74,10 @@ class UsageError(ImgfsError):
     exit_code = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{PROG}: {message} (see '{PROG} --help')\n")
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    from unionfs.cli import parser_class
+
+    p = parser_class(PROG)(
         prog=PROG,
         description="Mount layers like fuse-overlayfs, with the imgfs daemon.",
         epilog="unmount with: fusermount3 -u MERGED",
@@ -127,7 +132,14 @@ def parse_mapping(kind: str, value: str) -> None:
             )
 
 
-def spec_from_args(args: argparse.Namespace) -> MountSpec:
+def spec_from_args(args: argparse.Namespace | SimpleNamespace) -> MountSpec:
+    from unionfs.fs.spec import spec_from_dict
+
+    return spec_from_dict(fields_from_args(args))
+
+
+def fields_from_args(args: argparse.Namespace | SimpleNamespace) -> dict[str, Any]:
+    """The mount's spec as plain data (spec.spec_to_dict), absolute paths."""
     opts = parse_options(args.options)
     lowerdir = opts.pop("lowerdir", None)
     upperdir = opts.pop("upperdir", None)
@@ -172,29 +184,66 @@ def spec_from_args(args: argparse.Namespace) -> MountSpec:
         index = work / INDEX_NAME
         # Built afresh at every mount: the lower dirs are whatever the caller says today.
         index.unlink(missing_ok=True)
-    return MountSpec(
-        lower_dirs=lower,
-        mountpoint=args.mountpoint,
-        upper_dir=upper,
-        work_dir=work,
-        index_path=index,
-        options=fuse_options,
-        fsname=fsname,
-        debug=args.debug,
-        userxattr=userxattr,
+    return mountclient.absolute(
+        {
+            "lower_dirs": [str(d) for d in lower],
+            "mountpoint": str(args.mountpoint),
+            "upper_dir": None if upper is None else str(upper),
+            "work_dir": None if work is None else str(work),
+            "index_path": None if index is None else str(index),
+            "options": fuse_options,
+            "fsname": fsname,
+            "debug": bool(args.debug),
+            "control": False,
+            "userxattr": userxattr,
+        }
     )
 
 
 def _check_dir(path: Path, what: str) -> None:
-    lifecycle.require_dir(path, what, UsageError)
+    mountclient.require_dir(path, what, UsageError)
+
+
+def quick_args(argv: Sequence[str]) -> SimpleNamespace | None:
+    """`[-f] [-d] -o OPTS... MERGED`, the command line podman runs, parsed as
+    build_parser() would; None for anything else (argparse then parses it)."""
+    options: list[str] = []
+    flags = {"-f": False, "-d": False}
+    positional: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "-o":
+            value = next(args, None)
+            if value is None:
+                return None
+            options.append(value)
+        elif arg.startswith("-o") and len(arg) > 2:
+            options.append(arg[2:])
+        elif arg in flags or arg == "--debug":
+            flags[arg if arg in flags else "-d"] = True
+        elif arg.startswith("-") or positional:
+            return None
+        else:
+            positional.append(arg)
+    if not positional:
+        return None
+    return SimpleNamespace(
+        mountpoint=Path(positional[0]), options=options, foreground=flags["-f"], debug=flags["-d"]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = quick_args(argv) or build_parser().parse_args(argv)
     try:
-        spec = spec_from_args(args)
+        fields = fields_from_args(args)
         foreground = args.foreground or args.debug
-        lifecycle.mount(spec, foreground=foreground)
+        if foreground or mountclient.mount(fields) is None:
+            from unionfs.fs import lifecycle
+            from unionfs.fs.spec import spec_from_dict
+
+            lifecycle.mount(spec_from_dict(fields), foreground=foreground, server=False)
         return 0
     except ImgfsError as e:
         sys.stderr.write(f"{PROG}: {e}\n")
@@ -207,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as e:  # a bug: one line, the traceback only when asked for
         if os.environ.get("IMGFS_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {e}\n")
         return 70

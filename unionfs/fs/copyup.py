@@ -46,6 +46,8 @@ class CopyUp:
         work.mkdir(mode=0o700, exist_ok=True)
         self.work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._locks: dict[int, trio.Lock] = {}
+        self._no_clone: set[int] = set()
+        """Lower layers whose files FICLONE cannot share with the upper dir: not tried again."""
 
     def close(self) -> None:
         os.close(self.work_fd)
@@ -155,7 +157,7 @@ class CopyUp:
             assert node.parent is not None
             self.copy_up_dir(node.parent)
             pfd = self.ops.upper_dir_fd(node.parent)
-            await self._copy_file(node.lower, pfd, node.name)
+            xattrs = await self._copy_file(node.lower, pfd, node.name)
             for parent, name in node.extra_links:  # names the kernel knows, wherever they are
                 self.link_name(node, parent, name)
             self._link_aliases(node, pfd)
@@ -171,49 +173,54 @@ class CopyUp:
                 self.ops.copied_inos[st.st_ino] = node.ino
             node.upper = True
             node.upper_ino = st.st_ino
+            node.xattrs = xattrs
         self._locks.pop(node.ino, None)
 
-    async def _copy_file(self, lower: int, pfd: int, name: bytes) -> None:
+    async def _copy_file(self, lower: int, pfd: int, name: bytes) -> frozenset[bytes] | None:
+        """Copy a lower non-directory up as `name`; its xattr names if known."""
         tmp = self._tmp_name()
         try:
-            await self._write_copy(lower, tmp)
+            xattrs = await self._write_copy(lower, tmp)
             self._install(tmp, pfd, name)
+            return xattrs
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=self.work_fd)  # a failed copy leaves nothing behind
             raise
 
-    async def _write_copy(self, lower: int, tmp: str) -> None:
-        """Build the copy of a lower non-directory as `tmp` in the work dir."""
-        index, layers = self.ops.index, self.ops.layers
-        entry = index.entry(lower)
-        path = index.path(lower)
+    async def _write_copy(self, lower: int, tmp: str) -> frozenset[bytes] | None:
+        """Build the copy of a lower non-directory as `tmp` in the work dir; the names of
+        the copy's xattrs for a regular file (None: not read)."""
+        entry = self.ops.index.entry(lower)
         kind = stat.S_IFMT(entry.mode)
+        lpfd, lname = self.ops.lower_loc(lower)
         if kind == stat.S_IFREG:
-            src = layers.open(entry.layer, path, os.O_RDONLY | os.O_CLOEXEC)
+            src = os.open(lname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
             try:
                 dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.work_fd)
                 try:
+                    clone = entry.layer not in self._no_clone
                     if entry.size > THREAD_THRESHOLD:
-                        await trio.to_thread.run_sync(copy_data, src, dst, entry.size)
+                        cloned = await trio.to_thread.run_sync(
+                            copy_data, src, dst, entry.size, clone
+                        )
                     else:
-                        copy_data(src, dst, entry.size)
-                    self._copy_xattrs(lower, dst)
+                        cloned = copy_data(src, dst, entry.size, clone)
+                    if not cloned and entry.size:
+                        self._no_clone.add(entry.layer)
+                    self._copy_xattrs_fd(lower, src, dst)
                     self.ops.set_owner(dst, entry.uid, entry.gid)
                     os.fchmod(dst, stat.S_IMODE(entry.mode))  # after chown: it clears setuid
                     os.setxattr(dst, self.ops.fmt.origin, str(entry.link_group).encode())
                     os.utime(dst, ns=(entry.atime_ns, entry.mtime_ns))
+                    return frozenset(os.fsencode(n) for n in os.listxattr(dst))
                 finally:
                     os.close(dst)
             finally:
                 os.close(src)
         else:
             if kind == stat.S_IFLNK:
-                lpfd, lname = layers.parent_fd(entry.layer, path)
-                try:
-                    target = os.readlink(lname, dir_fd=lpfd)
-                finally:
-                    os.close(lpfd)
+                target = os.readlink(lname, dir_fd=lpfd)
                 os.symlink(target, tmp, dir_fd=self.work_fd)
             else:
                 os.mknod(tmp, kind | 0o600, entry.rdev, dir_fd=self.work_fd)
@@ -233,6 +240,7 @@ class CopyUp:
             os.utime(
                 tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd, follow_symlinks=False
             )
+        return None
 
     def link_name(self, node: Node, parent: Node, name: bytes) -> None:
         """Give a copied-up hard link another of its names in the upper dir (a name that
@@ -358,6 +366,22 @@ class CopyUp:
         finally:
             os.chmod(path, stat.S_IMODE(st.st_mode))
 
+    def _copy_xattrs_fd(self, lower: int, src: int, dst: int) -> None:
+        """`_copy_xattrs` from an open lower file (no second walk to it), which also fills
+        the daemon's cache of the lower entry's xattr names on the way."""
+        names = self.ops._lower_xattrs.get(lower)
+        if names is None:
+            names = frozenset(os.fsencode(n) for n in os.listxattr(src))
+            self.ops._lower_xattrs[lower] = names
+        for name in names:
+            if self.ops.fmt.shown(name) is None:
+                continue  # the overlay's own (opaque, redirect, origin): not copied
+            try:
+                os.setxattr(dst, name, os.getxattr(src, name))
+            except OSError as e:
+                if not self.ops.unprivileged or e.errno not in _NOT_SETTABLE:
+                    raise
+
     def _copy_xattrs(self, lower: int, target: int | str) -> None:
         """Copy the lower entry's xattrs (but the overlay-private ones) to `target`."""
         path, fd = self.ops._xattr_path_lower(lower)
@@ -395,13 +419,15 @@ def _below(node: Node, top: Node) -> bool:
     return False
 
 
-def copy_data(src: int, dst: int, size: int) -> None:
-    """Reflink when the filesystem can, else copy in the kernel, else read and write."""
-    try:
-        fcntl.ioctl(dst, FICLONE, src)
-        return
-    except OSError:
-        pass
+def copy_data(src: int, dst: int, size: int, clone: bool = True) -> bool:
+    """Reflink when the filesystem can (and `clone`), else copy in the kernel, else read and
+    write. Whether it reflinked."""
+    if clone:
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+            return True
+        except OSError:
+            pass
     copied = 0
     try:
         while copied < size:
@@ -409,10 +435,11 @@ def copy_data(src: int, dst: int, size: int) -> None:
             if n == 0:
                 break
             copied += n
-        return
+        return False
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
             raise
     while chunk := os.pread(src, 1 << 20, copied):
         os.pwrite(dst, chunk, copied)
         copied += len(chunk)
+    return False

@@ -91,6 +91,12 @@ def serve(spec: MountSpec, on_ready: Callable[[], None] | None = None) -> None:
     except RuntimeError as e:
         raise ImgfsError(f"cannot mount on {spec.mountpoint}: {e}") from None
     try:
+        if os.environ.get("IMGFS_DIRHOOK", "1") != "0":  # 0: keep opendir (diagnosis, tests)
+            from unionfs.fs import sessionhook
+
+            ops.stateless_dirs = sessionhook.install()
+            if not ops.stateless_dirs:
+                log.warning("pyfuse3 build not recognized: serving opendir (slower listings)")
         if on_ready is not None:
             on_ready()
         trio.run(_main, spec, ops)

@@ -1,9 +1,12 @@
 """Mount lifecycle: start a daemon (detached or in the foreground), unmount, detect stale mounts.
 
-A detached mount double-forks: the grandchild (in its own session, stdio on /dev/null or a
-log file) runs `daemon.serve` and reports over a pipe, one line: `ok` once the mount is up,
-or the error that stopped it. The caller returns only then, so a mount that `mount()`
-returned is usable at once, and a mount that failed fails with the daemon's reason.
+A detached mount is served by a daemon in its own session (stdio on /dev/null or a log
+file) that runs `daemon.serve` and reports one line: `ok` once the mount is up, or the
+error that stopped it. The caller returns only then, so a mount that `mount()` returned
+is usable at once, and a mount that failed fails with the daemon's reason. The daemon is
+forked by the mount server (mountserver.py: its imports are done already, so a mount
+is quick) and reports over the socket; where no server may serve the caller, the caller
+double-forks it and it reports over a pipe.
 
 A state file (JSON: pid, the pid's start time, mountpoint, fsname, started) records who
 serves a mount; the daemon writes it before it reports ready and removes it when it exits.
@@ -14,7 +17,6 @@ mount (the daemon was killed): every access gives ENOTCONN until it is lazily un
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import json
@@ -23,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -36,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from unionfs.errors import Conflict, ImgfsError
-from unionfs.fs.spec import MountSpec
+from unionfs.fs import mountclient
+from unionfs.fs.mountclient import require_dir
+from unionfs.fs.spec import MountSpec, spec_from_dict, spec_to_dict
 from unionfs.store.atomic import write_atomic
 
 log = logging.getLogger(__name__)
@@ -116,10 +119,7 @@ def mount_at(path: str | Path) -> MountEntry | None:
 def normalize(path: str | Path) -> Path:
     """An absolute, symlink-free path, without touching the last component: a stale FUSE
     mountpoint can't be stat'ed, and the kernel lists mountpoints by their real path."""
-    p = Path(os.path.abspath(path))
-    if p == p.parent:
-        return p
-    return Path(os.path.realpath(p.parent)) / p.name
+    return Path(mountclient.normalize(os.fspath(path)))
 
 
 def is_stale_path(path: str | Path) -> bool:
@@ -252,19 +252,7 @@ def clear_state(state_file: Path) -> MountState:
 
 def _absolute(spec: MountSpec) -> MountSpec:
     """The daemon runs in / : every path it is given must be absolute."""
-
-    def ab(p: Path | None) -> Path | None:
-        return None if p is None else Path(os.path.abspath(p))
-
-    return dataclasses.replace(
-        spec,
-        lower_dirs=[Path(os.path.abspath(d)) for d in spec.lower_dirs],
-        mountpoint=normalize(spec.mountpoint),
-        upper_dir=ab(spec.upper_dir),
-        work_dir=ab(spec.work_dir),
-        index_path=ab(spec.index_path),
-        options=list(spec.options),
-    )
+    return spec_from_dict(mountclient.absolute(spec_to_dict(spec)))
 
 
 def check_mountpoint(path: Path) -> None:
@@ -280,18 +268,6 @@ def check_mountpoint(path: Path) -> None:
     require_dir(path, "mountpoint")
 
 
-def require_dir(path: Path, what: str, error: type[ImgfsError] = ImgfsError) -> None:
-    """Refuse, in one clear line, a path that is not an existing directory."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise error(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise error(f"{what} {path}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise error(f"{what} {path} is not a directory")
-
-
 def mount(
     spec: MountSpec,
     *,
@@ -300,25 +276,53 @@ def mount(
     what: str | None = None,
     extra: dict[str, Any] | None = None,
     on_ready: Callable[[], None] | None = None,
+    server: bool = True,
 ) -> int:
     """Mount `spec`; returns the daemon's pid once the mount is ready (detached), or after
     it was unmounted (foreground). `state_file` records the daemon while it runs; a live
     one refuses a second mount ("<what> is already mounted at ..."), a stale one is
-    cleaned up first. `on_ready` runs in the calling process once the mount is up."""
+    cleaned up first. `on_ready` runs in the calling process once the mount is up.
+    A detached mount goes through the mount server, unless `server` is False or the
+    server does not take it (mountclient.mount)."""
     spec = _absolute(spec)
+    record_extra = dict(extra or {})
+    pid = None
+    if not foreground and server:
+        pid = mountclient.mount(
+            spec_to_dict(spec),
+            state_file=None if state_file is None else str(state_file),
+            what=what,
+            extra=record_extra,
+            log_path=_opt_str(_log_path(spec, state_file)),
+        )
+    if pid is None:
+        check_can_mount(spec, state_file, what)
+        if foreground:
+            return _serve_foreground(spec, state_file, record_extra, on_ready)
+        pid = _spawn(spec, state_file, record_extra)
+    if on_ready is not None:
+        on_ready()
+    return pid
+
+
+def check_can_mount(spec: MountSpec, state_file: Path | None, what: str | None) -> None:
+    """Refuse a second mount of what `state_file` records, clean up a stale one, and check
+    the mountpoint: in the caller, or in the daemon the mount server forked for it."""
     if state_file is not None:
         record = MountRecord.load(state_file)
         if record is not None and record.state() is MountState.MOUNTED:
             raise Conflict(f"{what or 'this mount'} is already mounted at {record.mountpoint}")
         clear_state(state_file)
     check_mountpoint(spec.mountpoint)
-    record_extra = dict(extra or {})
-    if foreground:
-        return _serve_foreground(spec, state_file, record_extra, on_ready)
-    pid = _spawn(spec, state_file, record_extra)
-    if on_ready is not None:
-        on_ready()
-    return pid
+
+
+def _log_path(spec: MountSpec, state_file: Path | None) -> Path | None:
+    """A debug mount's daemon logs next to its state file."""
+    return state_file.with_suffix(".log") if (state_file is not None and spec.debug) else None
+
+
+def _opt_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _new_record(spec: MountSpec, extra: dict[str, Any]) -> MountRecord:
@@ -360,7 +364,7 @@ def _serve_foreground(
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s: %(message)s")
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     _install_stop_handlers()
-    old_umask = os.umask(0)  # modes from the kernel are already masked by the caller's umask
+    old_umask = os.umask(0)  # the caller's umask: applied per request (_create_mode)
     pid = os.getpid()
 
     def ready() -> None:
@@ -383,7 +387,7 @@ def _serve_foreground(
 
 def _spawn(spec: MountSpec, state_file: Path | None, extra: dict[str, Any]) -> int:
     """Double fork; the grandchild serves. Returns its pid once it reported `ok`."""
-    log_path = state_file.with_suffix(".log") if (state_file is not None and spec.debug) else None
+    log_path = _log_path(spec, state_file)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -400,10 +404,10 @@ def _spawn(spec: MountSpec, state_file: Path | None, extra: dict[str, Any]) -> i
         finally:
             os._exit(code)
     os.close(w)
-    seen: dict[str, int] = {}
+    seen: dict[str, Any] = {}
     try:
         os.waitpid(child, 0)
-        pid, status, message = _read_report(r, seen)
+        pid, status, message = mountclient.read_report(lambda: os.read(r, 4096), b"", seen)
     except KeyboardInterrupt:
         # Interrupted while the daemon sets up: it must not go on to mount behind our back.
         if "pid" in seen:
@@ -415,32 +419,9 @@ def _spawn(spec: MountSpec, state_file: Path | None, extra: dict[str, Any]) -> i
     if status == "ok" and pid is not None:
         return pid
     if status == "error":
-        raise ImgfsError(message)
+        raise mountclient.error_for(seen, message)
     hint = f" (see {log_path})" if log_path is not None else ""
     raise ImgfsError(f"the mount daemon for {spec.mountpoint} exited before it was ready{hint}")
-
-
-def _read_report(r: int, seen: dict[str, int]) -> tuple[int | None, str | None, str]:
-    """Lines from the daemon: `pid N`, then `ok` or `error MESSAGE`; EOF if it died."""
-    buf = b""
-    pid: int | None = None
-    while True:
-        try:
-            chunk = os.read(r, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            return pid, None, ""
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            text = line.decode("utf-8", "replace")
-            if text.startswith("pid "):
-                pid = seen["pid"] = int(text[4:])
-            elif text == "ok":
-                return pid, "ok", ""
-            elif text.startswith("error "):
-                return pid, "error", text[6:]
 
 
 def _detach_fds(keep: set[int], log_path: Path | None) -> int | None:
@@ -479,15 +460,19 @@ def _daemon_main(
     state_file: Path | None,
     extra: dict[str, Any],
     log_path: Path | None,
+    what: str | None = None,
+    check: bool = False,
 ) -> None:
-    """The grandchild: serve until unmounted, then exit without returning to the caller."""
+    """The daemon (the caller's grandchild, or the mount server's child): serve until
+    unmounted, then exit without returning. With `check`, first what `mount` checks in
+    the caller (check_can_mount): the server's child does it for its client."""
     code = 1
     ready = False
     pid = os.getpid()
     try:
         w = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 3)  # out of the way of stdio
         os.chdir("/")
-        os.umask(0)  # modes from the kernel are already masked by the caller's umask
+        os.umask(0)  # the caller's umask: applied per request (_create_mode)
         _install_stop_handlers()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -500,6 +485,9 @@ def _daemon_main(
         )
         _report(w, f"pid {pid}")
         from unionfs.fs import daemon
+
+        if check:
+            check_can_mount(spec, state_file, what)
 
         def on_ready() -> None:
             nonlocal ready
@@ -515,6 +503,8 @@ def _daemon_main(
         code = 0
     except ImgfsError as e:
         if not ready:
+            if type(e).__module__ == ImgfsError.__module__ and type(e) is not ImgfsError:
+                _report(w, f"class {type(e).__name__}")  # Conflict, NotFound...
             _report(w, f"error {e}")
         log.error("%s", e)
     except BaseException as e:
@@ -528,6 +518,21 @@ def _daemon_main(
         with contextlib.suppress(BaseException):
             logging.shutdown()
         os._exit(code)
+
+
+def serve_request(request: dict[str, Any], w: int) -> None:
+    """A mount server's child: check and serve a client's request (mountclient.mount),
+    reporting over the connection `w`. Never returns."""
+    try:
+        spec = spec_from_dict(request["spec"])
+        state_file = None if request.get("state_file") is None else Path(request["state_file"])
+        log_path = None if request.get("log_path") is None else Path(request["log_path"])
+        what = None if request.get("what") is None else str(request["what"])
+        extra = dict(request.get("extra") or {})
+    except (ValueError, TypeError, KeyError) as e:
+        _report(w, f"error malformed mount request: {e}")
+        os._exit(1)
+    _daemon_main(spec, w, state_file, extra, log_path, what, check=True)
 
 
 def _describe(e: BaseException) -> str:

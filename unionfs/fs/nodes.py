@@ -41,6 +41,10 @@ class Node:
     """Further names of a hard-linked file (the first is parent/name)."""
     ufd: int = -1
     """O_PATH fd of this directory in the upper dir, opened on demand."""
+    xattrs: frozenset[bytes] | None = None
+    """Names of the upper entry's xattrs, when this daemon knows them (it copied the file
+    up, and has set or removed none since): getxattr of any other name is ENODATA without
+    a syscall (`ls -l` asks for security.selinux, every write for security.capability)."""
 
     @property
     def alive(self) -> bool:

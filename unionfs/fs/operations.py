@@ -28,6 +28,7 @@ from typing import Any
 
 import pyfuse3
 
+from unionfs.fs import sessionhook
 from unionfs.fs.control import WriteGate
 from unionfs.fs.copyup import CopyUp
 from unionfs.fs.layerfds import (
@@ -50,6 +51,14 @@ TIMEOUT = 86400.0
 """Entry/attr cache time: every change goes through this daemon, so the kernel may keep
 what it was told until the daemon itself tells it otherwise."""
 _UPPER_INO_MASK = UPPER_INO_BASE - 1
+_ACL_DEFAULT = "system.posix_acl_default"
+_NO_STAT = os.stat_result((0,) * 10)
+_INDEX_ROOT = 1
+"""The merged index's id of the root dir."""
+MAX_LISTINGS = 64
+"""Listings kept between readdir calls without opendir (see `_listing`)."""
+MAX_LOWER_DIR_FDS = 64
+"""Lower dirs kept open for opening their files by name (see `lower_loc`)."""
 
 
 def _err(code: int) -> pyfuse3.FUSEError:
@@ -75,6 +84,7 @@ class Probe:
 class DirHandle:
     node: Node
     names: list[bytes] | None = None
+    """Names of a merged directory, "." and ".." first (empty when `ids` lists it)."""
     ids: list[int] | None = None
     """Lower entry ids, for a directory only the lower layers have (no names needed)."""
 
@@ -82,6 +92,9 @@ class DirHandle:
 class UnionOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = True
+    enable_acl = True
+    """The kernel caches ACLs (no getxattr of system.posix_acl_* per `ls -l` entry). It
+    also leaves the umask to the daemon then (see sessionhook and `_create_mode`)."""
 
     def __init__(self, spec: MountSpec, index: Any) -> None:
         super().__init__()
@@ -99,13 +112,19 @@ class UnionOperations(pyfuse3.Operations):
         self.table = NodeTable()
         self.files: dict[int, int] = {}
         self.dirs: dict[int, DirHandle] = {}
+        self.stateless_dirs = False
+        """Set by the daemon once sessionhook is in place: opendir answers ENOSYS."""
+        self._listings: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._dynamic: dict[tuple[str, int], int] = {}
         self.copied_inos: dict[int, int] = {}
         """Upper st_ino -> inode number of entries copied up by this mount that cannot carry
         the origin xattr (see carries_origin), so they keep their number while it lasts."""
         self._lower_xattrs: dict[int, frozenset[bytes]] = {}
+        self._lower_dir_fds: dict[tuple[int, int], int] = {}
+        """(index id of a lower dir, layer) -> O_PATH fd, most recently used last."""
         self.upper_fd = -1
+        self.upper_dev = -1
         self.copyup: CopyUp | None = None
         self.gate = WriteGate()
         has_lower = bool(spec.lower_dirs) and len(index) > 0
@@ -113,6 +132,7 @@ class UnionOperations(pyfuse3.Operations):
         if spec.upper_dir is not None:
             # A read-only mount of a container still shows its changes.
             self.upper_fd = os.open(spec.upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.upper_dev = os.fstat(self.upper_fd).st_dev
             root.upper = True
             root.ufd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.upper_fd)
         if not self.read_only:
@@ -125,6 +145,9 @@ class UnionOperations(pyfuse3.Operations):
         for fd in self.files.values():
             os.close(fd)
         self.files.clear()
+        for fd in self._lower_dir_fds.values():
+            os.close(fd)
+        self._lower_dir_fds.clear()
         self.table.close()
         self.layers.close()
         if self.copyup is not None:
@@ -336,30 +359,49 @@ class UnionOperations(pyfuse3.Operations):
             # that no name shows any more: nothing to record.
             return self._attrs(node)
         await self.copy_up(node)
-        pfd, name = self._upper_loc(node)
-        path = at(pfd, name) if name else f"/proc/self/fd/{pfd}/."
-        st = self.upper_lstat(node)
+        if uid != -1 or gid != -1 or fields.update_mode:
+            node.xattrs = None  # chown drops security.capability, chmod rewrites ACLs
+        fd, st = self._upper_file(node, fh)
+        kw: dict[str, Any] = {}
+        if fd is not None:  # the open upper file itself: no walk to it
+            target: int | str = fd
+        else:
+            pfd, name = self._upper_loc(node)
+            target = at(pfd, name) if name else f"/proc/self/fd/{pfd}/."
+            st, kw = self.upper_lstat(node), {"follow_symlinks": False}
         if uid != -1 or gid != -1:
-            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chown(target, uid, gid, **kw)
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
-            os.chmod(path, stat.S_IMODE(attr.st_mode))
+            os.chmod(target, stat.S_IMODE(attr.st_mode))
         if fields.update_size:
-            if fh is not None and fh in self.files:
-                os.ftruncate(self.files[fh], attr.st_size)
+            if fd is not None:
+                os.ftruncate(fd, attr.st_size)
             else:
-                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                pfd, name = self._upper_loc(node)
+                tfd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
                 try:
-                    os.ftruncate(fd, attr.st_size)
+                    os.ftruncate(tfd, attr.st_size)
                 finally:
-                    os.close(fd)
+                    os.close(tfd)
         if fields.update_atime or fields.update_mtime:
-            cur = self.upper_lstat(node)
+            if fields.update_size:  # truncate changed mtime
+                st = os.fstat(fd) if fd is not None else self.upper_lstat(node)
             times = (
-                attr.st_atime_ns if fields.update_atime else cur.st_atime_ns,
-                attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns,
+                attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns,
             )
-            os.utime(path, ns=times, follow_symlinks=False)
-        return self._attrs(node)
+            os.utime(target, ns=times, **kw)
+        return self._attrs(node, os.fstat(fd) if fd is not None else None)
+
+    def _upper_file(self, node: Node, fh: int | None) -> tuple[int | None, os.stat_result]:
+        """(fd, its stat) of the file handle `fh` if it is open on the node's upper file
+        (not on the lower file it was opened as before a copy-up), else (None, dummy)."""
+        fd = self.files.get(fh) if fh else None
+        if fd is not None:
+            st = os.fstat(fd)
+            if st.st_ino == node.upper_ino and st.st_dev == self.upper_dev:
+                return fd, st
+        return None, _NO_STAT
 
     def _unprivileged_chown(self, node: Node, uid: int, gid: int) -> tuple[int, int]:
         """What an unprivileged daemon does of a chown: ids that do not change are nothing
@@ -399,12 +441,8 @@ class UnionOperations(pyfuse3.Operations):
         if node.upper:
             pfd, name = self._upper_loc(node)
             return os.fsencode(os.readlink(name, dir_fd=pfd))
-        e = self.index.entry(node.lower)
-        pfd, name = self.layers.parent_fd(e.layer, self.index.path(node.lower))
-        try:
-            return os.fsencode(os.readlink(name, dir_fd=pfd))
-        finally:
-            os.close(pfd)
+        pfd, name = self.lower_loc(node.lower)
+        return os.fsencode(os.readlink(name, dir_fd=pfd))
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True  # default_permissions: the kernel checks modes itself
@@ -467,14 +505,39 @@ class UnionOperations(pyfuse3.Operations):
             raise _err(errno.EIO)
         return self._entry(node)
 
+    def _create_mode(self, pfd: int, mode: int, ctx: Any) -> tuple[int, bool]:
+        """(mode to create with, whether the parent's default ACL sets the permissions).
+
+        The kernel leaves the umask to a filesystem with POSIX ACLs: under a default ACL
+        the new entry's permissions are the ACL's (masked by the mode, not by the umask),
+        which the upper filesystem works out itself (the daemon's own umask is 0);
+        elsewhere the caller's umask applies."""
+        try:
+            os.getxattr(f"/proc/self/fd/{pfd}/.", _ACL_DEFAULT)
+        except OSError:
+            return mode & ~(ctx.umask & 0o777), False
+        return mode, True
+
+    def _fix_mode(self, target: int | str, mode: int, by_acl: bool) -> None:
+        """Set the created entry's mode again: chown cleared setuid/setgid. Under a default
+        ACL only those bits are put back, the permissions stay the ACL's."""
+        if by_acl:
+            st = os.stat(target, follow_symlinks=isinstance(target, int))
+            want = stat.S_IMODE(st.st_mode) | (mode & 0o7000)
+            if want != stat.S_IMODE(st.st_mode):
+                os.chmod(target, want)
+        else:
+            os.chmod(target, stat.S_IMODE(mode))  # an fd, or a path of an entry just made
+
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         parent = self.table[parent_inode]
         pfd, lower_has = self._prepare_create(parent, name)
         uid, gid, sgid = self._owner(parent, ctx)
+        mode, by_acl = self._create_mode(pfd, mode, ctx)
         dir_mode = stat.S_IMODE(mode) | (stat.S_ISGID if sgid else 0)
         os.mkdir(name, dir_mode, dir_fd=pfd)
         self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
-        os.chmod(at(pfd, name), dir_mode)  # chown cleared setuid/setgid
+        self._fix_mode(at(pfd, name), dir_mode, by_acl)
         if lower_has:
             os.setxattr(at(pfd, name), self.fmt.opaque, b"y", follow_symlinks=False)
         return self._created(parent, name)
@@ -485,9 +548,10 @@ class UnionOperations(pyfuse3.Operations):
         parent = self.table[parent_inode]
         pfd, _ = self._prepare_create(parent, name)
         uid, gid, _ = self._owner(parent, ctx)
+        mode, by_acl = self._create_mode(pfd, mode, ctx)
         os.mknod(name, mode, rdev, dir_fd=pfd)
         self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
-        os.chmod(at(pfd, name), stat.S_IMODE(mode))
+        self._fix_mode(at(pfd, name), mode, by_acl)
         return self._created(parent, name)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
@@ -504,11 +568,12 @@ class UnionOperations(pyfuse3.Operations):
         parent = self.table[parent_inode]
         pfd, _ = self._prepare_create(parent, name)
         uid, gid, _ = self._owner(parent, ctx)
+        mode, by_acl = self._create_mode(pfd, mode, ctx)
         open_flags = _file_flags(flags) | os.O_CREAT | os.O_EXCL
         fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=pfd)
         try:
             self.set_owner(fd, uid, gid)
-            os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared setuid/setgid
+            self._fix_mode(fd, mode, by_acl)
             attrs = self._created(parent, name)
         except BaseException:
             os.close(fd)
@@ -711,8 +776,8 @@ class UnionOperations(pyfuse3.Operations):
             pfd, name = self._upper_loc(node)
             fd = os.open(name, _file_flags(flags), dir_fd=pfd)
         else:
-            e = self.index.entry(node.lower)
-            fd = self.layers.open(e.layer, self.index.path(node.lower), os.O_RDONLY | os.O_CLOEXEC)
+            pfd, name = self.lower_loc(node.lower)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         return self._file_info(fd)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -722,7 +787,9 @@ class UnionOperations(pyfuse3.Operations):
         return os.pwrite(self.files[fh], buf, off)
 
     async def flush(self, fh: int) -> None:
-        return None
+        # Nothing to do at close (no locks, writes go straight to the upper file): ENOSYS
+        # once, and the kernel sends no FLUSH at any close any more.
+        raise _err(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
         os.close(self.files.pop(fh))
@@ -758,29 +825,52 @@ class UnionOperations(pyfuse3.Operations):
         return names
 
     async def opendir(self, inode: int, ctx: Any) -> int:
+        if self.stateless_dirs:
+            # The kernel then opens directories itself, sends no releasedir, and caches
+            # the listings (see sessionhook); readdir finds its directory by inode.
+            raise _err(errno.ENOSYS)
         fh = self._next_fh
         self._next_fh += 1
         self.dirs[fh] = DirHandle(self.table[inode])
         return fh
 
+    def _listing(self, fh: int, start_id: int) -> tuple[DirHandle, bool]:
+        """(the listing a readdir continues, whether it is kept by inode). Without opendir
+        a listing taken at offset 0 is kept by inode until it is read to its end, so
+        later offsets see the same entries (as an open dir in overlayfs does, which `rm
+        -rf` relies on); a few abandoned ones are dropped oldest first."""
+        if fh:
+            return self.dirs[fh], False
+        ino = sessionhook.current_ino
+        node = self.table[ino]
+        handle = self._listings.pop(ino, None) if start_id else None
+        if handle is None or handle.node is not node:
+            handle = DirHandle(node)
+        return handle, True
+
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        handle = self.dirs[fh]
-        if handle.names is None or start_id == 0:
+        handle, by_ino = self._listing(fh, start_id)
+        if handle.names is None or (start_id == 0 and not by_ino):
             if handle.node.upper:
                 handle.ids = None
                 handle.names = [b".", b"..", *self._list(handle.node)]
             else:  # a directory only the lower layers have: the index answers alone
                 handle.ids = [0, 0, *self.index.children(handle.node.lower)]
-                handle.names = [b".", b"..", *(b"" for _ in handle.ids[2:])]
-        names = handle.names
-        for i in range(start_id, len(names)):
+                handle.names = []
+        end = len(handle.names) if handle.ids is None else len(handle.ids)
+        if by_ino and start_id < end:  # read on: keep it for the next offset
+            listings = self._listings
+            listings[handle.node.ino] = handle
+            if len(listings) > MAX_LISTINGS:
+                del listings[next(iter(listings))]
+        for i in range(start_id, end):
             if i < 2:  # the kernel takes no reference for "." and ".."
                 node = handle.node if i == 0 else (handle.node.parent or self.root)
-                if not pyfuse3.readdir_reply(token, names[i], self._attrs(node), i + 1):
+                if not pyfuse3.readdir_reply(token, b"." * (i + 1), self._attrs(node), i + 1):
                     return
                 continue
             if handle.ids is None:
-                name = names[i]
+                name = handle.names[i]
                 probe = self._probe(handle.node, name)
                 if probe is None:
                     continue  # removed since the listing was taken
@@ -797,7 +887,7 @@ class UnionOperations(pyfuse3.Operations):
         del self.dirs[fh]
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node = self.dirs[fh].node
+        node = self.dirs[fh].node if fh else self.table[sessionhook.current_ino]
         if node.upper and not self.read_only:
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.upper_dir_fd(node))
             try:
@@ -815,12 +905,25 @@ class UnionOperations(pyfuse3.Operations):
         return self._xattr_path_lower(node.lower)
 
     def _xattr_path_lower(self, ident: int) -> tuple[str, int]:
+        if ident == _INDEX_ROOT:  # it has no parent dir
+            return f"/proc/self/fd/{self.layers.fds[self.index.entry(ident).layer]}/.", -1
+        pfd, name = self.lower_loc(ident)
+        return at(pfd, name), -1
+
+    def lower_loc(self, ident: int) -> tuple[int, bytes]:
+        """(O_PATH fd of a lower entry's directory in its layer, the entry's name), for a
+        call on the name alone (no walk of the whole path: `ld.so` opens a dozen files in
+        one dir). The fd is kept for the next caller: do not close it."""
         e = self.index.entry(ident)
-        path = self.index.path(ident)
-        if not path:
-            return f"/proc/self/fd/{self.layers.fds[e.layer]}/.", -1
-        pfd, name = self.layers.parent_fd(e.layer, path)
-        return at(pfd, name), pfd
+        key = (e.parent, e.layer)
+        cache = self._lower_dir_fds
+        fd = cache.pop(key, None)
+        if fd is None:
+            fd = open_dir(self.layers.fds[e.layer], self.index.path(e.parent))
+            if len(cache) >= MAX_LOWER_DIR_FDS:
+                os.close(cache.pop(next(iter(cache))))
+        cache[key] = fd
+        return fd, e.name
 
     def _lower_xattr_names(self, ident: int) -> frozenset[bytes]:
         """Names of a lower entry's xattrs, read once: `ls -l` asks every entry for
@@ -839,7 +942,10 @@ class UnionOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = self.table[inode]
         real = self.fmt.real(name)
-        if not node.upper and real not in self._lower_xattr_names(node.lower):
+        if node.upper:
+            if node.xattrs is not None and real not in node.xattrs:
+                raise _err(errno.ENODATA)
+        elif real not in self._lower_xattr_names(node.lower):
             raise _err(errno.ENODATA)
         path, fd = self._xattr_path(node)
         try:
@@ -863,6 +969,7 @@ class UnionOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         node = self.table[inode]
         await self.copy_up(node)
+        node.xattrs = None
         path, _ = self._xattr_path(node)
         try:
             os.setxattr(path, self.fmt.real(name), value, follow_symlinks=False)
@@ -881,6 +988,7 @@ class UnionOperations(pyfuse3.Operations):
             if fd >= 0:
                 os.close(fd)
         await self.copy_up(node)
+        node.xattrs = None
         path, _ = self._xattr_path(node)
         try:
             os.removexattr(path, name, follow_symlinks=False)

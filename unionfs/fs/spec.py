@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-# Mount options passed through to the FUSE mount (`imgfs mount -o`, `imgfs-overlay -o`);
-# anything else is refused with a clear message rather than by libfuse with an obscure one.
-FUSE_OPTIONS = frozenset(
-    {
-        "allow_other", "allow_root", "ro", "rw", "default_permissions", "suid", "nosuid",
-        "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
-        "strictatime", "nostrictatime", "diratime", "nodiratime", "sync", "async", "dirsync",
-    }
-)  # fmt: skip
-FUSE_VALUE_OPTIONS = ("context=", "fscontext=", "defcontext=", "rootcontext=", "max_read=")
+from unionfs.fs.options import FUSE_OPTIONS, FUSE_VALUE_OPTIONS
+
+__all__ = ["FUSE_OPTIONS", "FUSE_VALUE_OPTIONS", "MountSpec", "spec_from_dict", "spec_to_dict"]
 
 
 @dataclass
@@ -41,3 +35,40 @@ class MountSpec:
     @property
     def read_only(self) -> bool:
         return self.upper_dir is None or "ro" in self.options
+
+
+_PATHS = ("upper_dir", "work_dir", "index_path")
+
+
+def spec_to_dict(spec: MountSpec) -> dict[str, Any]:
+    """Plain JSON data (paths as str), for a mount request to the mount server."""
+    return {
+        "lower_dirs": [str(d) for d in spec.lower_dirs],
+        "mountpoint": str(spec.mountpoint),
+        **{k: None if getattr(spec, k) is None else str(getattr(spec, k)) for k in _PATHS},
+        "options": list(spec.options),
+        "fsname": spec.fsname,
+        "debug": spec.debug,
+        "control": spec.control,
+        "userxattr": spec.userxattr,
+    }
+
+
+def spec_from_dict(d: dict[str, Any]) -> MountSpec:
+    """The inverse of `spec_to_dict`; a malformed request raises ValueError."""
+    try:
+        opt = {k: None if d.get(k) is None else Path(str(d[k])) for k in _PATHS}
+        return MountSpec(
+            lower_dirs=[Path(str(p)) for p in d["lower_dirs"]],
+            mountpoint=Path(str(d["mountpoint"])),
+            upper_dir=opt["upper_dir"],
+            work_dir=opt["work_dir"],
+            index_path=opt["index_path"],
+            options=[str(o) for o in d.get("options") or []],
+            fsname=str(d.get("fsname") or "imgfs"),
+            debug=bool(d.get("debug")),
+            control=bool(d.get("control")),
+            userxattr=bool(d.get("userxattr")),
+        )
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"malformed mount spec: {e}") from None
