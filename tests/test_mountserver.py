@@ -21,6 +21,8 @@ from test_mount_lifecycle import make_layers, overlay_cmd
 
 from unionfs.fs import mountclient
 
+from conftest import require_root
+
 MakeMountpoint = Callable[..., Path]
 
 
@@ -160,8 +162,7 @@ def test_another_mount_namespace_is_refused_and_mounts_by_itself(
     """The server, in our namespace, must not mount for a caller in another one (the mount
     would land in ours): that caller forks its daemon itself, and mounts in its own."""
     require_fuse()
-    if os.geteuid() != 0:
-        pytest.skip("unshare -m needs root")
+    require_root()  # unshare -m
     opts = layer_opts(tmp_path)
     warm = mountpoint("warm")
     assert overlay(server_env, "-o", opts, str(warm)).returncode == 0
