@@ -150,6 +150,12 @@ class CopyUp:
         if node.is_dir:
             self.copy_up_dir(node)
             return
+        if node.ino not in self._locks and not self._threaded(node.lower):
+            # A small file copies without an await: nothing can interleave, so no lock
+            # (taking a trio lock is two trips through the scheduler per copy-up).
+            if not node.upper:
+                self._copy_up_now(node)
+            return
         lock = self._locks.setdefault(node.ino, trio.Lock())
         async with lock:
             if node.upper:
@@ -158,23 +164,47 @@ class CopyUp:
             self.copy_up_dir(node.parent)
             pfd = self.ops.upper_dir_fd(node.parent)
             xattrs = await self._copy_file(node.lower, pfd, node.name)
-            for parent, name in node.extra_links:  # names the kernel knows, wherever they are
-                self.link_name(node, parent, name)
-            self._link_aliases(node, pfd)
-            st = os.lstat(node.name, dir_fd=pfd)
-            lower_nlink = self.ops.index.entry(node.lower).nlink
-            if lower_nlink > st.st_nlink and not stat.S_ISLNK(st.st_mode):
-                node.nlink_bias = lower_nlink - st.st_nlink
-                value = f"{self.ops.index.entry(node.lower).link_group}:{node.nlink_bias}"
-                if self.ops.carries_origin(st.st_mode):
-                    origin = self.ops.fmt.origin
-                    os.setxattr(at(pfd, node.name), origin, value.encode(), follow_symlinks=False)
-            if not self.ops.carries_origin(st.st_mode):
-                self.ops.copied_inos[st.st_ino] = node.ino
-            node.upper = True
-            node.upper_ino = st.st_ino
-            node.xattrs = xattrs
+            self._finish(node, pfd, xattrs)
         self._locks.pop(node.ino, None)
+
+    def _threaded(self, lower: int) -> bool:
+        """Whether a lower file's data is copied in a worker thread (a large one)."""
+        entry = self.ops.index.entry(lower)
+        return stat.S_ISREG(entry.mode) and entry.size > THREAD_THRESHOLD
+
+    def _copy_up_now(self, node: Node) -> None:
+        """`copy_up` of a file copied without a worker thread: no await in here."""
+        assert node.parent is not None
+        self.copy_up_dir(node.parent)
+        pfd = self.ops.upper_dir_fd(node.parent)
+        tmp = self._tmp_name()
+        try:
+            xattrs = self._build_copy(node.lower, tmp)
+            self._install(tmp, pfd, node.name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=self.work_fd)  # a failed copy leaves nothing behind
+            raise
+        self._finish(node, pfd, xattrs)
+
+    def _finish(self, node: Node, pfd: int, xattrs: frozenset[bytes] | None) -> None:
+        """Link the copy's other names, record its nlink bias, and mark the node upper."""
+        for parent, name in node.extra_links:  # names the kernel knows, wherever they are
+            self.link_name(node, parent, name)
+        self._link_aliases(node, pfd)
+        st = os.lstat(node.name, dir_fd=pfd)
+        lower_nlink = self.ops.index.entry(node.lower).nlink
+        if lower_nlink > st.st_nlink and not stat.S_ISLNK(st.st_mode):
+            node.nlink_bias = lower_nlink - st.st_nlink
+            value = f"{self.ops.index.entry(node.lower).link_group}:{node.nlink_bias}"
+            if self.ops.carries_origin(st.st_mode):
+                origin = self.ops.fmt.origin
+                os.setxattr(at(pfd, node.name), origin, value.encode(), follow_symlinks=False)
+        if not self.ops.carries_origin(st.st_mode):
+            self.ops.copied_inos[st.st_ino] = node.ino
+        node.upper = True
+        node.upper_ino = st.st_ino
+        node.xattrs = xattrs
 
     async def _copy_file(self, lower: int, pfd: int, name: bytes) -> frozenset[bytes] | None:
         """Copy a lower non-directory up as `name`; its xattr names if known."""
@@ -189,57 +219,75 @@ class CopyUp:
             raise
 
     async def _write_copy(self, lower: int, tmp: str) -> frozenset[bytes] | None:
-        """Build the copy of a lower non-directory as `tmp` in the work dir; the names of
-        the copy's xattrs for a regular file (None: not read)."""
+        """Build the copy of a lower non-directory as `tmp` in the work dir, a large file's
+        data in a worker thread; the names of the copy's xattrs for a regular file."""
+        if not self._threaded(lower):
+            return self._build_copy(lower, tmp)
+        entry = self.ops.index.entry(lower)
+        src, dst = self._open_pair(lower, tmp)
+        try:
+            clone = entry.layer not in self._no_clone
+            cloned = await trio.to_thread.run_sync(copy_data, src, dst, entry.size, clone)
+            return self._file_meta(lower, src, dst, cloned)
+        finally:
+            os.close(dst)
+            os.close(src)
+
+    def _open_pair(self, lower: int, tmp: str) -> tuple[int, int]:
+        """(lower file opened for reading, new `tmp` in the work dir opened for writing)."""
+        lpfd, lname = self.ops.lower_loc(lower)
+        src = os.open(lname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            return src, os.open(tmp, flags, 0o600, dir_fd=self.work_fd)
+        except BaseException:
+            os.close(src)
+            raise
+
+    def _file_meta(self, lower: int, src: int, dst: int, cloned: bool) -> frozenset[bytes]:
+        """Give a copied regular file its lower metadata; the names of its xattrs."""
+        entry = self.ops.index.entry(lower)
+        if not cloned and entry.size:
+            self._no_clone.add(entry.layer)
+        self._copy_xattrs_fd(lower, src, dst)
+        self.ops.set_owner(dst, entry.uid, entry.gid)
+        os.fchmod(dst, stat.S_IMODE(entry.mode))  # after chown: it clears setuid
+        os.setxattr(dst, self.ops.fmt.origin, str(entry.link_group).encode())
+        os.utime(dst, ns=(entry.atime_ns, entry.mtime_ns))
+        return frozenset(os.fsencode(n) for n in os.listxattr(dst))
+
+    def _build_copy(self, lower: int, tmp: str) -> frozenset[bytes] | None:
+        """`_write_copy` without a worker thread (anything but a large regular file)."""
         entry = self.ops.index.entry(lower)
         kind = stat.S_IFMT(entry.mode)
-        lpfd, lname = self.ops.lower_loc(lower)
         if kind == stat.S_IFREG:
-            src = os.open(lname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=lpfd)
+            src, dst = self._open_pair(lower, tmp)
             try:
-                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.work_fd)
-                try:
-                    clone = entry.layer not in self._no_clone
-                    if entry.size > THREAD_THRESHOLD:
-                        cloned = await trio.to_thread.run_sync(
-                            copy_data, src, dst, entry.size, clone
-                        )
-                    else:
-                        cloned = copy_data(src, dst, entry.size, clone)
-                    if not cloned and entry.size:
-                        self._no_clone.add(entry.layer)
-                    self._copy_xattrs_fd(lower, src, dst)
-                    self.ops.set_owner(dst, entry.uid, entry.gid)
-                    os.fchmod(dst, stat.S_IMODE(entry.mode))  # after chown: it clears setuid
-                    os.setxattr(dst, self.ops.fmt.origin, str(entry.link_group).encode())
-                    os.utime(dst, ns=(entry.atime_ns, entry.mtime_ns))
-                    return frozenset(os.fsencode(n) for n in os.listxattr(dst))
-                finally:
-                    os.close(dst)
+                cloned = copy_data(src, dst, entry.size, entry.layer not in self._no_clone)
+                return self._file_meta(lower, src, dst, cloned)
             finally:
+                os.close(dst)
                 os.close(src)
+        lpfd, lname = self.ops.lower_loc(lower)
+        if kind == stat.S_IFLNK:
+            target = os.readlink(lname, dir_fd=lpfd)
+            os.symlink(target, tmp, dir_fd=self.work_fd)
         else:
-            if kind == stat.S_IFLNK:
-                target = os.readlink(lname, dir_fd=lpfd)
-                os.symlink(target, tmp, dir_fd=self.work_fd)
-            else:
-                os.mknod(tmp, kind | 0o600, entry.rdev, dir_fd=self.work_fd)
-            self.ops.set_owner(
-                tmp, entry.uid, entry.gid, dir_fd=self.work_fd, follow_symlinks=False
-            )
-            tpath = at(self.work_fd, os.fsencode(tmp))
-            if kind != stat.S_IFLNK:
-                os.chmod(tpath, stat.S_IMODE(entry.mode))
-            origin = str(entry.link_group).encode()
-            try:
-                os.setxattr(tpath, self.ops.fmt.origin, origin, follow_symlinks=False)
-                self._copy_xattrs(lower, tpath)
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOTSUP):
-                    raise
-            os.utime(
-                tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd, follow_symlinks=False
-            )
+            os.mknod(tmp, kind | 0o600, entry.rdev, dir_fd=self.work_fd)
+        self.ops.set_owner(tmp, entry.uid, entry.gid, dir_fd=self.work_fd, follow_symlinks=False)
+        tpath = at(self.work_fd, os.fsencode(tmp))
+        if kind != stat.S_IFLNK:
+            os.chmod(tpath, stat.S_IMODE(entry.mode))
+        origin = str(entry.link_group).encode()
+        try:
+            os.setxattr(tpath, self.ops.fmt.origin, origin, follow_symlinks=False)
+            self._copy_xattrs(lower, tpath)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP):
+                raise
+        os.utime(
+            tmp, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=self.work_fd, follow_symlinks=False
+        )
         return None
 
     def link_name(self, node: Node, parent: Node, name: bytes) -> None:

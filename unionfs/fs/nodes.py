@@ -45,6 +45,9 @@ class Node:
     """Names of the upper entry's xattrs, when this daemon knows them (it copied the file
     up, and has set or removed none since): getxattr of any other name is ENODATA without
     a syscall (`ls -l` asks for security.selinux, every write for security.capability)."""
+    default_acl: bool | None = None
+    """Whether this upper directory has a default ACL, once looked at (every creation in
+    it asks); forgotten with `xattrs`."""
 
     @property
     def alive(self) -> bool:

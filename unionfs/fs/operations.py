@@ -361,6 +361,7 @@ class UnionOperations(pyfuse3.Operations):
         await self.copy_up(node)
         if uid != -1 or gid != -1 or fields.update_mode:
             node.xattrs = None  # chown drops security.capability, chmod rewrites ACLs
+            node.default_acl = None
         fd, st = self._upper_file(node, fh)
         kw: dict[str, Any] = {}
         if fd is not None:  # the open upper file itself: no walk to it
@@ -477,44 +478,64 @@ class UnionOperations(pyfuse3.Operations):
     # -- creating entries ------------------------------------------------------
 
     def _prepare_create(self, parent: Node, name: bytes) -> tuple[int, bool]:
-        """Make room for a new name: (parent's upper fd, whether lower has the name)."""
+        """Make room for a new name: (parent's upper fd, whether lower has the name).
+        One lstat tells both whether the name is taken and whether a whiteout is in the way."""
         if self.read_only:
             raise _err(errno.EROFS)
-        if self._probe(parent, name) is not None:
+        whiteout = False
+        if parent.upper:
+            try:
+                st = os.lstat(name, dir_fd=self.upper_dir_fd(parent))
+            except FileNotFoundError:
+                pass
+            else:
+                if not is_whiteout(st):
+                    raise _err(errno.EEXIST)
+                whiteout = True
+        lower = self.lower_child(parent, name)
+        if lower and not whiteout:
             raise _err(errno.EEXIST)
         pfd = self.ensure_upper_dir(parent)
-        try:
-            st = os.lstat(name, dir_fd=pfd)
-        except FileNotFoundError:
-            pass
-        else:
-            if is_whiteout(st):
-                os.unlink(name, dir_fd=pfd)
-        return pfd, bool(self.lower_child(parent, name))
+        if whiteout:
+            os.unlink(name, dir_fd=pfd)
+        return pfd, bool(lower)
 
-    def _owner(self, parent: Node, ctx: Any) -> tuple[int, int, bool]:
+    def _owner(self, pfd: int, ctx: Any) -> tuple[int, int, bool]:
         """(uid, gid, setgid dir) a new entry gets: a setgid dir passes on its group."""
-        st = self.upper_lstat(parent)
+        st = os.fstat(pfd)  # the parent's upper dir (O_PATH): no walk to it by name
         if st.st_mode & stat.S_ISGID:
             return ctx.uid, st.st_gid, True
         return ctx.uid, ctx.gid, False
 
-    def _created(self, parent: Node, name: bytes) -> pyfuse3.EntryAttributes:
-        node = self._find(parent, name)
-        if node is None:
-            raise _err(errno.EIO)
-        return self._entry(node)
+    def _created(
+        self, parent: Node, name: bytes, st: os.stat_result, opaque: bool = False
+    ) -> tuple[Node, pyfuse3.EntryAttributes]:
+        """The node and entry of what this daemon just made in the upper dir: what `_probe`
+        would find (a new entry has no origin or redirect xattr), without reading xattrs."""
+        is_dir = stat.S_ISDIR(st.st_mode)
+        ino = self._upper_ino(st)
+        if not is_dir and st.st_ino in self.copied_inos:
+            ino = self.copied_inos[st.st_ino]
+        node = self._node(parent, name, Probe(ino, is_dir, 0, True, opaque, st))
+        self._remember(node)
+        return node, self._attrs(node, st)
 
-    def _create_mode(self, pfd: int, mode: int, ctx: Any) -> tuple[int, bool]:
+    def _create_mode(self, parent: Node, pfd: int, mode: int, ctx: Any) -> tuple[int, bool]:
         """(mode to create with, whether the parent's default ACL sets the permissions).
 
         The kernel leaves the umask to a filesystem with POSIX ACLs: under a default ACL
         the new entry's permissions are the ACL's (masked by the mode, not by the umask),
         which the upper filesystem works out itself (the daemon's own umask is 0);
-        elsewhere the caller's umask applies."""
-        try:
-            os.getxattr(f"/proc/self/fd/{pfd}/.", _ACL_DEFAULT)
-        except OSError:
+        elsewhere the caller's umask applies. Whether the parent has a default ACL is
+        kept on its node (an untar creates many entries in each directory)."""
+        if parent.default_acl is None:
+            try:
+                os.getxattr(f"/proc/self/fd/{pfd}/.", _ACL_DEFAULT)
+            except OSError:
+                parent.default_acl = False
+            else:
+                parent.default_acl = True
+        if not parent.default_acl:
             return mode & ~(ctx.umask & 0o777), False
         return mode, True
 
@@ -532,49 +553,52 @@ class UnionOperations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         parent = self.table[parent_inode]
         pfd, lower_has = self._prepare_create(parent, name)
-        uid, gid, sgid = self._owner(parent, ctx)
-        mode, by_acl = self._create_mode(pfd, mode, ctx)
+        uid, gid, sgid = self._owner(pfd, ctx)
+        mode, by_acl = self._create_mode(parent, pfd, mode, ctx)
         dir_mode = stat.S_IMODE(mode) | (stat.S_ISGID if sgid else 0)
         os.mkdir(name, dir_mode, dir_fd=pfd)
         self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
         self._fix_mode(at(pfd, name), dir_mode, by_acl)
         if lower_has:
             os.setxattr(at(pfd, name), self.fmt.opaque, b"y", follow_symlinks=False)
-        return self._created(parent, name)
+        return self._created(parent, name, os.lstat(name, dir_fd=pfd), lower_has)[1]
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
         if stat.S_ISCHR(mode) and rdev == 0:
             raise _err(errno.EPERM)  # that is a whiteout: overlayfs refuses to make one too
         parent = self.table[parent_inode]
         pfd, _ = self._prepare_create(parent, name)
-        uid, gid, _ = self._owner(parent, ctx)
-        mode, by_acl = self._create_mode(pfd, mode, ctx)
+        uid, gid, _ = self._owner(pfd, ctx)
+        mode, by_acl = self._create_mode(parent, pfd, mode, ctx)
         os.mknod(name, mode, rdev, dir_fd=pfd)
         self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
         self._fix_mode(at(pfd, name), mode, by_acl)
-        return self._created(parent, name)
+        return self._created(parent, name, os.lstat(name, dir_fd=pfd))[1]
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
         parent = self.table[parent_inode]
         pfd, _ = self._prepare_create(parent, name)
-        uid, gid, _ = self._owner(parent, ctx)
+        uid, gid, _ = self._owner(pfd, ctx)
         os.symlink(target, name, dir_fd=pfd)
         self.set_owner(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
-        return self._created(parent, name)
+        return self._created(parent, name, os.lstat(name, dir_fd=pfd))[1]
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self.table[parent_inode]
         pfd, _ = self._prepare_create(parent, name)
-        uid, gid, _ = self._owner(parent, ctx)
-        mode, by_acl = self._create_mode(pfd, mode, ctx)
+        uid, gid, _ = self._owner(pfd, ctx)
+        mode, by_acl = self._create_mode(parent, pfd, mode, ctx)
         open_flags = _file_flags(flags) | os.O_CREAT | os.O_EXCL
         fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=pfd)
         try:
             self.set_owner(fd, uid, gid)
             self._fix_mode(fd, mode, by_acl)
-            attrs = self._created(parent, name)
+            node, attrs = self._created(parent, name, os.fstat(fd))
+            # Known now, so the getxattr(security.capability) of every write is answered
+            # without a syscall (see getxattr).
+            node.xattrs = frozenset(os.fsencode(n) for n in os.listxattr(fd))
         except BaseException:
             os.close(fd)
             raise
@@ -624,15 +648,13 @@ class UnionOperations(pyfuse3.Operations):
             raise _err(errno.ENOTDIR)
         if self.read_only:
             raise _err(errno.EROFS)
-        if self._list(node):
+        whiteouts: list[bytes] = []
+        if self._list(node, whiteouts):
             raise _err(errno.ENOTEMPTY)
         if node.upper:
-            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.upper_dir_fd(node))
-            try:
-                for entry in os.scandir(fd):
-                    os.unlink(entry.name, dir_fd=fd)  # only whiteouts are left in it
-            finally:
-                os.close(fd)
+            dfd = self.upper_dir_fd(node)
+            for name_ in whiteouts:  # all that is left in it: no second listing
+                os.unlink(name_, dir_fd=dfd)
             node.close_fd()
             os.rmdir(name, dir_fd=self.upper_dir_fd(parent))
         if self.lower_child(parent, name):
@@ -802,8 +824,9 @@ class UnionOperations(pyfuse3.Operations):
 
     # -- directories -------------------------------------------------------------
 
-    def _list(self, node: Node) -> list[bytes]:
-        """Names the merged directory shows: upper entries but whiteouts, then lower ones."""
+    def _list(self, node: Node, whiteouts: list[bytes] | None = None) -> list[bytes]:
+        """Names the merged directory shows: upper entries but whiteouts, then lower ones;
+        the upper dir's whiteouts are added to `whiteouts` if given."""
         names: list[bytes] = []
         hidden: set[bytes] = set()
         if node.upper:
@@ -815,6 +838,8 @@ class UnionOperations(pyfuse3.Operations):
                         hidden.add(name)
                         if _visible(entry):
                             names.append(name)
+                        elif whiteouts is not None:
+                            whiteouts.append(name)
             finally:
                 os.close(fd)
         if node.lower:
@@ -969,7 +994,7 @@ class UnionOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         node = self.table[inode]
         await self.copy_up(node)
-        node.xattrs = None
+        node.xattrs = node.default_acl = None
         path, _ = self._xattr_path(node)
         try:
             os.setxattr(path, self.fmt.real(name), value, follow_symlinks=False)
@@ -988,7 +1013,7 @@ class UnionOperations(pyfuse3.Operations):
             if fd >= 0:
                 os.close(fd)
         await self.copy_up(node)
-        node.xattrs = None
+        node.xattrs = node.default_acl = None
         path, _ = self._xattr_path(node)
         try:
             os.removexattr(path, name, follow_symlinks=False)

@@ -781,4 +781,3 @@ def _install(store: ImageStore, stage: _Stage, prepared: list[_Prepared]) -> lis
     store.record([(manifest, [str(r) for r in p.plan.refs]) for p, manifest in records])
     images = {i.manifest_digest: i for i in store.images()}
     return [LoadResult(images[manifest.digest], list(p.plan.refs)) for p, manifest in records]
-

@@ -1,0 +1,114 @@
+"""Write paths the daemon shortcuts must show what kernel overlayfs shows.
+
+Creations build their node from the new entry's stat (no xattr reads), remember whether
+the parent has a default ACL and the new file's xattr names; small copy-ups run without
+a lock; rmdir lists the upper dir once. Each test does the same on kernel overlayfs and
+on imgfs-overlay and compares.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import struct
+import subprocess
+from pathlib import Path
+
+from mounts import IMGFS_OVERLAY
+from test_fs_cache import _mounted, _tree
+
+from conftest import require, require_root
+
+CAPS = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)  # v2, effective, cap_net_raw
+
+
+def _layer(tmp: Path) -> Path:
+    low = tmp / "low"
+    (low / "d" / "sub").mkdir(parents=True)
+    (low / "d" / "sub" / "f").write_text("f")
+    (low / "d" / "small").write_text("small")
+    (low / "d" / "big").write_bytes(os.urandom(3 << 20))
+    (low / "d" / "gone").write_text("gone")
+    return low
+
+
+def _state(m: Path) -> list[tuple[str, str, int, bytes]]:
+    """(path, mode, links, end of content and xattr names) of everything."""
+    out = []
+    for rel, _, _ in _tree(m):
+        p = m / rel
+        st = os.lstat(p)
+        what = b""
+        if stat.S_ISREG(st.st_mode):
+            names = sorted(map(os.fsencode, os.listxattr(p)))
+            what = p.read_bytes()[-64:] + b"|" + b",".join(names)
+        out.append((rel, stat.filemode(st.st_mode), st.st_nlink, what))
+    return out
+
+
+def _work(m: Path) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    d = m / "d"
+    # copy-ups: small (no lock) and big (worker thread), then appends
+    for name in ("small", "big"):
+        with open(d / name, "ab") as f:
+            f.write(b"+")
+    # creations: the entry's inode number is the one a later lookup gives
+    fd = os.open(d / "new", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o4755)
+    ino = os.fstat(fd).st_ino
+    os.write(fd, b"new")
+    os.close(fd)
+    seen["new ino stable"] = os.lstat(d / "new").st_ino == ino
+    os.mkdir(d / "nd")
+    seen["nd ino stable"] = os.stat(d / "nd").st_ino == os.lstat(d / "nd").st_ino
+    # a created file's xattrs: set a capability, chown and a write drop it
+    os.setxattr(d / "new", "security.capability", CAPS)
+    seen["new caps"] = os.getxattr(d / "new", "security.capability")
+    with open(d / "new", "ab") as f:
+        f.write(b"w")
+    seen["new caps after write"] = sorted(os.listxattr(d / "new"))
+    os.setxattr(d / "new", "security.capability", CAPS)
+    os.chown(d / "new", 1, 1)
+    seen["new caps after chown"] = sorted(os.listxattr(d / "new"))
+    seen["new mode after chown"] = stat.filemode(os.lstat(d / "new").st_mode)
+    # over a whiteout: a file where a lower file was, an opaque dir where a lower dir was
+    os.unlink(d / "gone")
+    (d / "gone").write_text("back")
+    shutil.rmtree(d / "sub")
+    os.mkdir(d / "sub")
+    seen["sub"] = sorted(os.listdir(d / "sub"))
+    with open(d / "sub" / "x", "w") as f:
+        f.write("x")
+    os.unlink(d / "sub" / "x")
+    os.rmdir(d / "sub")  # its upper dir held a file and nothing else now
+    seen["sub gone"] = not os.path.lexists(d / "sub")
+    # a default ACL set, then removed, after creations in the dir were answered
+    old = os.umask(0o077)
+    try:
+        (d / "nd" / "a").write_text("a")
+        subprocess.run(["setfacl", "-d", "-m", "u::rwx,g::rwx,o::r-x", str(d / "nd")], check=True)
+        (d / "nd" / "b").write_text("b")
+        os.mkdir(d / "nd" / "bd")
+        subprocess.run(["setfacl", "-k", str(d / "nd")], check=True)
+        (d / "nd" / "c").write_text("c")
+    finally:
+        os.umask(old)
+    return seen
+
+
+def test_writes_as_kernel_overlayfs(tmp_path: Path) -> None:
+    require_root()
+    require(os.path.exists(IMGFS_OVERLAY), "imgfs-overlay is not installed")
+    require(shutil.which("setfacl") is not None, "needs setfacl (apt install acl)")
+    low = _layer(tmp_path)
+    results = []
+    with (
+        _mounted("kernel", [low], tmp_path, {}) as kern,
+        _mounted("imgfs", [low], tmp_path, {}) as ours,
+    ):
+        for m in (kern, ours):
+            seen = _work(m)
+            results.append((seen, _state(m)))
+    assert results[1][0] == results[0][0]
+    assert results[1][1] == results[0][1]
