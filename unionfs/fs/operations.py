@@ -342,6 +342,10 @@ class UnionOperations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         node = self.table[inode]
+        if node.upper and node.parent is None and node.ino != ROOT_INO and fh not in self.files:
+            # Unlinked, and no open handle given: the writeback cache flushing the times of
+            # a deleted file as it is evicted. Nothing can see them any more.
+            raise _err(errno.ENOENT)
         uid = attr.st_uid if fields.update_uid else -1
         gid = attr.st_gid if fields.update_gid else -1
         if self.unprivileged and (uid != -1 or gid != -1):
