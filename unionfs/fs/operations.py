@@ -57,6 +57,9 @@ _INDEX_ROOT = 1
 """The merged index's id of the root dir."""
 MAX_LISTINGS = 64
 """Listings kept between readdir calls without opendir (see `_listing`)."""
+SELINUX_XATTR = b"security.selinux"
+SELINUX_ENABLED = os.path.exists("/sys/fs/selinux/enforce")
+"""With SELinux, the kernel labels FUSE files itself and rarely asks the daemon."""
 MAX_LOWER_DIR_FDS = 64
 """Lower dirs kept open for opening their files by name (see `lower_loc`)."""
 
@@ -973,17 +976,27 @@ class UnionOperations(pyfuse3.Operations):
         real = self.fmt.real(name)
         if node.upper:
             if node.xattrs is not None and real not in node.xattrs:
-                raise _err(errno.ENODATA)
+                raise _err(self._absent(real))
         elif real not in self._lower_xattr_names(node.lower):
-            raise _err(errno.ENODATA)
+            raise _err(self._absent(real))
         path, fd = self._xattr_path(node)
         try:
             return os.getxattr(path, real, follow_symlinks=False)
         except OSError as e:
-            raise _err(e.errno or errno.EIO) from None
+            code = self._absent(real) if e.errno == errno.ENODATA else e.errno or errno.EIO
+            raise _err(code) from None
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _absent(self, name: bytes) -> int:
+        """The errno of an xattr an entry does not have: ENODATA, except security.selinux
+        on a host without SELinux, which answers EOPNOTSUPP ("no labels here"). `ls -l`
+        asks every entry for its label and stops asking for the whole filesystem at the
+        first EOPNOTSUPP; FUSE caches no xattrs, so ENODATA cost a request per entry
+        (`ls -lR` of Debian: 6,783 requests, 0.40 s -> 0.02 s). An entry that has a label
+        still returns it. Kernel overlayfs answers ENODATA (a known difference)."""
+        return errno.EOPNOTSUPP if name == SELINUX_XATTR and not SELINUX_ENABLED else errno.ENODATA
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         node = self.table[inode]
