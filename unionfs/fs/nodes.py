@@ -49,6 +49,12 @@ class Node:
     """Whether this upper directory has a default ACL, once looked at (every creation in
     it asks); forgotten with `xattrs`."""
 
+    def forget_xattrs(self) -> None:
+        """What this daemon knew of the entry's xattrs no longer holds (it changed them,
+        or a chown/chmod did)."""
+        self.xattrs = None
+        self.default_acl = None
+
     @property
     def alive(self) -> bool:
         return self.parent is not None or self.ino == ROOT_INO

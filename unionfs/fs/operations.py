@@ -345,10 +345,13 @@ class UnionOperations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         node = self.table[inode]
-        if node.upper and node.parent is None and node.ino != ROOT_INO and fh not in self.files:
-            # Unlinked, and no open handle given: the writeback cache flushing the times of
-            # a deleted file as it is evicted. Nothing can see them any more.
-            raise _err(errno.ENOENT)
+        if not node.alive and (not node.upper or fh not in self.files):
+            # A deleted entry no name and no handle of this request shows (the writeback
+            # cache flushing its times as it is evicted): nothing can see a change. A lower
+            # one still has its attributes in the index; an upper one has none left.
+            if node.upper:
+                raise _err(errno.ENOENT)
+            return self._attrs(node)
         uid = attr.st_uid if fields.update_uid else -1
         gid = attr.st_gid if fields.update_gid else -1
         if self.unprivileged and (uid != -1 or gid != -1):
@@ -361,14 +364,11 @@ class UnionOperations(pyfuse3.Operations):
             fields.update_atime,
             fields.update_mtime,
         )
-        if not any(changes) or (not node.upper and not node.alive):
-            # ctime alone (the writeback cache flushing times), or a deleted lower file
-            # that no name shows any more: nothing to record.
+        if not any(changes):  # ctime alone (the writeback cache flushing times)
             return self._attrs(node)
         await self.copy_up(node)
         if uid != -1 or gid != -1 or fields.update_mode:
-            node.xattrs = None  # chown drops security.capability, chmod rewrites ACLs
-            node.default_acl = None
+            node.forget_xattrs()  # chown drops security.capability, chmod rewrites ACLs
         fd, st = self._upper_file(node, fh)
         kw: dict[str, Any] = {}
         if fd is not None:  # the open upper file itself: no walk to it
@@ -1011,7 +1011,7 @@ class UnionOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         node = self.table[inode]
         await self.copy_up(node)
-        node.xattrs = node.default_acl = None
+        node.forget_xattrs()
         path, _ = self._xattr_path(node)
         try:
             os.setxattr(path, self.fmt.real(name), value, follow_symlinks=False)
@@ -1030,7 +1030,7 @@ class UnionOperations(pyfuse3.Operations):
             if fd >= 0:
                 os.close(fd)
         await self.copy_up(node)
-        node.xattrs = node.default_acl = None
+        node.forget_xattrs()
         path, _ = self._xattr_path(node)
         try:
             os.removexattr(path, name, follow_symlinks=False)
