@@ -8,13 +8,12 @@ manifest is kept byte for byte, so its digest stays the registry's.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from unionfs.errors import BadInput
 from unionfs.store.digests import check_digest
-from unionfs.store.images import canonical_json, host_architecture
+from unionfs.store.images import canonical_json, host_architecture, json_object
 from unionfs.store.mediatypes import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -71,12 +70,7 @@ def parse_platform(text: str | None) -> Platform:
 
 def media_type_of(raw: bytes, header: str | None) -> tuple[str, dict[str, Any]]:
     """The document and its media type (the body's own field wins over Content-Type)."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise BadInput("the registry sent a manifest that is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise BadInput("the registry sent a manifest that is not a JSON object")
+    doc = json_object(raw, "the manifest the registry sent")
     media_type = doc.get("mediaType") or (header or "").split(";")[0].strip()
     if not media_type:
         media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST

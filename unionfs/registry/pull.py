@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,7 @@ from unionfs.registry.manifests import (
 )
 from unionfs.registry.sources import BlobSources
 from unionfs.store.digests import sha256_digest, short_digest
-from unionfs.store.images import Image, ImageStore
+from unionfs.store.images import Image, ImageStore, json_object
 from unionfs.store.layerstore import LayerStore
 from unionfs.store.lock import flocked
 from unionfs.store.mediatypes import INDEX_TYPES
@@ -96,7 +95,7 @@ class _Puller(Transfer):
         if existing is not None and record_as in existing.refs:
             return PullResult(existing, top_digest, up_to_date=True)
         config_raw = await self.small_blob(manifest.config, "config", MAX_CONFIG)
-        config = _json_object(config_raw, f"config of {self.ref}")
+        config = json_object(config_raw, f"config of {self.ref}")
         diff_ids = check_config(config, len(manifest.layers), platform, str(self.ref))
         gc_lock = flocked(self.store.paths.locks / "gc", shared=True)
         with gc_lock, Staging(self.store, "pull-") as stage:
@@ -253,13 +252,3 @@ class _Puller(Transfer):
         if image is None:
             raise RegistryError(f"{self.ref}: the pulled image vanished from the store")
         return image
-
-
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise BadInput(f"{what} is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise BadInput(f"{what} is not a JSON object")
-    return doc

@@ -151,13 +151,7 @@ class ImageStore:
         return self._cache[manifest_digest]
 
     def _json_blob(self, digest: str, what: str) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.blobs.get(digest))
-        except ValueError as e:
-            raise BadInput(f"{what} {digest} is not valid JSON") from e
-        if not isinstance(doc, dict):
-            raise BadInput(f"{what} {digest} is not a JSON object")
-        return doc
+        return json_object(self.blobs.get(digest), f"{what} {digest}")
 
     def images(self) -> list[Image]:
         """Every image with its tags, newest first."""
@@ -376,6 +370,17 @@ def oci_manifest(config: BlobRef, layers: list[dict[str, Any]]) -> bytes:
         "layers": layers,
     }
     return canonical_json(doc)
+
+
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A manifest, config or index as a dict, or a one-line error naming `what`."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise BadInput(f"{what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{what} is not a JSON object")
+    return doc
 
 
 def canonical_json(doc: dict[str, Any]) -> bytes:
