@@ -29,15 +29,14 @@ from unionfs.layers.compression import Compression, detect, open_decompressed
 from unionfs.layers.unpack import UnpackStats, unpack_tar
 
 import tarfactory as tf
+from conftest import require, require_root
 
 
 @pytest.fixture(autouse=True)
 def _needs_root(request: pytest.FixtureRequest) -> None:
     """Tests marked `root` skip as non-root, but fail in CI where they must run."""
-    if request.node.get_closest_marker("root") and os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("this test needs root (chown, mknod, trusted.* xattrs)")
-        pytest.skip("needs root")
+    if request.node.get_closest_marker("root"):
+        require_root()
 
 
 def _open_fds() -> set[str]:
@@ -335,8 +334,8 @@ def test_more_directories_than_cached_fds(box: Sandbox) -> None:
     assert (box.dest / Path(*["deep"] * 300) / "leaf").read_bytes() == b"z"
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
 def test_gnu_sparse_file_keeps_content_and_holes(box: Sandbox, tmp_path: Path) -> None:
+    require(shutil.which("tar") is not None, "needs GNU tar")
     src = tmp_path / "src"
     src.mkdir()
     with open(src / "sparse", "wb") as f:
@@ -875,10 +874,7 @@ def test_kernel_overlayfs_accepts_unpacked_layers(tmp_path: Path, overlay_mount:
         capture_output=True,
         text=True,
     )
-    if result.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"mount -t overlay failed: {result.stderr}")
-        pytest.skip(f"overlayfs not available: {result.stderr.strip()}")
+    require(result.returncode == 0, f"overlayfs not available: {result.stderr.strip()}")
     m = overlay_mount
     assert sorted(os.listdir(m)) == ["keep", "opq", "redo", "sub"]
     assert (m / "keep").read_bytes() == b"k"
