@@ -94,7 +94,7 @@ def prepare(data: Dataset, counts: tuple[int, ...], log: Any = sys.stderr) -> Sc
 
 def _build(data: Dataset, store_root: Path, links: Path, log: Any) -> dict[str, Any]:
     from unionfs.reference import parse
-    from unionfs.store.images import ImageStore, host_architecture, utc_now
+    from unionfs.store.images import ImageStore
 
     t0 = time.monotonic()
     store = ImageStore(store_root)
@@ -107,17 +107,9 @@ def _build(data: Dataset, store_root: Path, links: Path, log: Any) -> dict[str, 
         layers.append(store.layers.import_tar(io.BytesIO(_layer_tar(i, dirs, members))))
     images = {}
     for n in range(1, MAX_LAYERS + 1):
-        created = utc_now()
-        config = {
-            "created": created,
-            "architecture": host_architecture(),
-            "os": "linux",
-            "config": {"Cmd": ["sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in layers[:n]]},
-            "history": [
-                {"created": created, "created_by": f"benchmarks: layer {i}"} for i in range(n)
-            ],
-        }
+        config = mount_data.image_config(
+            [la.diff_id for la in layers[:n]], [f"layer {i}" for i in range(n)]
+        )
         ref = parse(f"bench/layers:{data.name}-{n}")
         store.add_image(config, [la.descriptor() for la in layers[:n]], ref)
         images[str(n)] = str(ref)

@@ -151,7 +151,7 @@ def remove_leftover_containers(store_root: Path) -> None:
 
 def _build(data: Dataset, big_bytes: int, store_root: Path, log: Any) -> Stack:
     from unionfs.reference import parse
-    from unionfs.store.images import ImageStore, host_architecture, utc_now
+    from unionfs.store.images import ImageStore
 
     store = ImageStore(store_root)
     store.layout.ensure()
@@ -171,18 +171,9 @@ def _build(data: Dataset, big_bytes: int, store_root: Path, log: Any) -> Stack:
             big = store.layers.import_tar(f)
         big_tar.unlink()
         layers = [base, big, changes_layer]  # bottom first, as in the image config
-        created = utc_now()
-        config = {
-            "created": created,
-            "architecture": host_architecture(),
-            "os": "linux",
-            "config": {"Cmd": ["sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in layers]},
-            "history": [
-                {"created": created, "created_by": f"benchmarks: {what}"}
-                for what in (data.name, f"{big_bytes >> 20} MiB file", "changes")
-            ],
-        }
+        config = image_config(
+            [la.diff_id for la in layers], [data.name, f"{big_bytes >> 20} MiB file", "changes"]
+        )
         ref = parse(f"bench/mount:{data.name}-{big_bytes >> 20}m")
         store.add_image(config, [la.descriptor() for la in layers], ref)
         lower = [store.layers.path(la.diff_id) for la in reversed(layers)]
@@ -363,3 +354,18 @@ def merged_paths(members: dict[str, tarfile.TarInfo], changes: dict[str, Any]) -
         parts = rel.split("/")
         names |= {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
     return names
+
+
+def image_config(diff_ids: list[str], made_by: list[str]) -> dict[str, object]:
+    """The config of a benchmark image: one history entry per layer, bottom first."""
+    from unionfs.store.images import host_architecture, utc_now
+
+    created = utc_now()
+    return {
+        "created": created,
+        "architecture": host_architecture(),
+        "os": "linux",
+        "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": created, "created_by": f"benchmarks: {m}"} for m in made_by],
+    }
