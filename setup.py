@@ -2,4 +2,9 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["native/build_native.py:ffibuilder"])
+setup(
+    cffi_modules=[
+        "native/build_native.py:ffibuilder",
+        "native/build_native.py:fastpath_builder",
+    ]
+)

@@ -1,4 +1,5 @@
-"""cffi out-of-line API-mode builder for `unionfs._native` (openat2, syncfs, index lookup).
+"""cffi out-of-line API-mode builders: `unionfs._native` (openat2, syncfs, index lookup)
+and `unionfs._fastpath` (the daemon's C answers to lower-entry lookups, with libfuse3).
 
 API mode (a real C compile) rather than ABI mode because openat2 has no libc
 wrapper: the syscall number and `struct open_how` must come from the headers; the
@@ -6,6 +7,8 @@ merged-index lookup is here because it is the FUSE daemon's hot path.
 setuptools runs this via `cffi_modules` in setup.py from the project root.
 """
 
+import shlex
+import subprocess
 from pathlib import Path
 
 from cffi import FFI
@@ -32,8 +35,48 @@ ffibuilder.set_source(
     extra_compile_args=["-Wall", "-Wextra", "-O2"],
 )
 
+
+def _fuse3_flags() -> tuple[list[str], list[str]]:
+    """(include dirs, libraries) of libfuse3, from pkg-config when it is there."""
+    try:
+        out = subprocess.run(
+            ["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True
+        ).stdout
+    except OSError:
+        out = ""
+    flags = shlex.split(out) or ["-I/usr/include/fuse3", "-lfuse3"]
+    includes = [f[2:] for f in flags if f.startswith("-I")]
+    return includes, [f[2:] for f in flags if f.startswith("-l")]
+
+
+fastpath_builder = FFI()
+fastpath_builder.cdef(
+    """
+    int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
+                         long spin_ns, void *lookup, void *getattr, void *forget,
+                         void *forget_multi);
+    void *imgfs_fast_callback(int which);
+    int imgfs_fast_py_set(uint64_t ino, uint32_t ident);
+    void imgfs_fast_py_drop(uint64_t ino);
+    int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *nlookup);
+    size_t imgfs_fast_held(uint64_t *out, size_t max);
+    int imgfs_fast_known(uint64_t ino);
+    void imgfs_fast_stats(uint64_t out[5]);
+    """
+)
+_fuse_includes, _fuse_libs = _fuse3_flags()
+fastpath_builder.set_source(
+    "unionfs._fastpath",
+    '#include "fastpath.h"',
+    sources=[str(_NATIVE / "fastpath.c"), str(_NATIVE / "index.c")],
+    include_dirs=[str(_NATIVE), *_fuse_includes],
+    libraries=_fuse_libs,
+    extra_compile_args=["-Wall", "-Wextra", "-O2"],
+)
+
 if __name__ == "__main__":  # in-place build: unionfs/_native.{c,o,*.so} (all git-ignored)
     import os
 
     os.chdir(_ROOT)
     ffibuilder.compile(verbose=True)
+    fastpath_builder.compile(verbose=True)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "index.h"
+#include "le.h"
 
 #define HEADER_SIZE 128u
 #define ENTRY_SIZE 104u
@@ -27,21 +28,6 @@
 #define E_NAME_OFF 48
 #define E_PARENT 56
 #define E_NAME_LEN 96
-
-static uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t rd64(const uint8_t *p)
-{
-    return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
-}
 
 /* off + count * size lies within len, without overflowing. */
 static int region_ok(uint64_t len, uint64_t off, uint64_t count, uint64_t size)
@@ -71,50 +57,75 @@ uint64_t imgfs_index_hash(uint64_t parent, const char *name, size_t namelen)
     return h;
 }
 
+/* The header's layout if it is one every read can trust to stay in bounds. */
+struct layout {
+    uint64_t count, entries_off, hash_off, slots, names_off, names_len;
+};
+
+static int layout_of(const uint8_t *base, uint64_t len, struct layout *l)
+{
+    if (base == NULL || len < HEADER_SIZE || memcmp(base, "IMGFSIDX", 8) != 0)
+        return -1;
+    if (rd32(base + H_VERSION) != VERSION || rd32(base + H_ENTRY_SIZE) != ENTRY_SIZE)
+        return -1;
+    l->count = rd64(base + H_COUNT);
+    l->entries_off = rd64(base + H_ENTRIES_OFF);
+    l->hash_off = rd64(base + H_HASH_OFF);
+    l->slots = rd64(base + H_HASH_SLOTS);
+    l->names_off = rd64(base + H_NAMES_OFF);
+    l->names_len = rd64(base + H_NAMES_LEN);
+    if (l->count == 0 || l->count > UINT32_MAX || l->slots == 0 || (l->slots & (l->slots - 1)) != 0)
+        return -1;
+    if (!region_ok(len, l->entries_off, l->count, ENTRY_SIZE)
+        || !region_ok(len, l->hash_off, l->slots, SLOT_SIZE)
+        || !region_ok(len, l->names_off, l->names_len, 1))
+        return -1;
+    return 0;
+}
+
+int imgfs_index_entries(const uint8_t *base, uint64_t len, uint64_t *count, uint64_t *entries_off)
+{
+    struct layout l;
+
+    if (layout_of(base, len, &l) != 0)
+        return -1;
+    *count = l.count;
+    *entries_off = l.entries_off;
+    return 0;
+}
+
 int64_t imgfs_index_lookup(const uint8_t *base, uint64_t len, uint64_t parent,
                            const char *name, size_t namelen)
 {
-    uint64_t count, entries_off, hash_off, slots, names_off, names_len, mask, i, probes;
+    struct layout l;
+    uint64_t mask, i, probes;
     uint64_t h;
     uint32_t tag;
 
-    if (base == NULL || len < HEADER_SIZE || memcmp(base, "IMGFSIDX", 8) != 0)
+    if (layout_of(base, len, &l) != 0)
         return 0;
-    if (rd32(base + H_VERSION) != VERSION || rd32(base + H_ENTRY_SIZE) != ENTRY_SIZE)
-        return 0;
-    count = rd64(base + H_COUNT);
-    entries_off = rd64(base + H_ENTRIES_OFF);
-    hash_off = rd64(base + H_HASH_OFF);
-    slots = rd64(base + H_HASH_SLOTS);
-    names_off = rd64(base + H_NAMES_OFF);
-    names_len = rd64(base + H_NAMES_LEN);
-    if (count == 0 || count > UINT32_MAX || slots == 0 || (slots & (slots - 1)) != 0)
-        return 0;
-    if (!region_ok(len, entries_off, count, ENTRY_SIZE) || !region_ok(len, hash_off, slots, SLOT_SIZE)
-        || !region_ok(len, names_off, names_len, 1))
-        return 0;
-    if (parent == 0 || parent > count || namelen == 0 || namelen > UINT16_MAX)
+    if (parent == 0 || parent > l.count || namelen == 0 || namelen > UINT16_MAX)
         return 0;
 
     h = imgfs_index_hash(parent, name, namelen);
     tag = (uint32_t)(h >> 32);
-    mask = slots - 1;
-    for (i = h & mask, probes = 0; probes < slots; probes++, i = (i + 1) & mask) {
-        const uint8_t *slot = base + hash_off + i * SLOT_SIZE;
+    mask = l.slots - 1;
+    for (i = h & mask, probes = 0; probes < l.slots; probes++, i = (i + 1) & mask) {
+        const uint8_t *slot = base + l.hash_off + i * SLOT_SIZE;
         const uint8_t *rec;
         uint64_t id = rd32(slot), name_off;
 
         if (id == 0)
             return 0;
-        if (rd32(slot + 4) != tag || id > count)
+        if (rd32(slot + 4) != tag || id > l.count)
             continue;
-        rec = base + entries_off + (id - 1) * ENTRY_SIZE;
+        rec = base + l.entries_off + (id - 1) * ENTRY_SIZE;
         if (rd32(rec + E_PARENT) != parent || rd16(rec + E_NAME_LEN) != namelen)
             continue;
         name_off = rd64(rec + E_NAME_OFF);
-        if (!region_ok(names_len, name_off, namelen, 1))
+        if (!region_ok(l.names_len, name_off, namelen, 1))
             continue;
-        if (memcmp(base + names_off + name_off, name, namelen) == 0)
+        if (memcmp(base + l.names_off + name_off, name, namelen) == 0)
             return (int64_t)id;
     }
     return 0;

@@ -36,8 +36,11 @@ def unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def overlay_mount(lowers: list[Path], tmp: Path, name: str = "m") -> Iterator[tuple[Path, Path]]:
-    """Mount `lowers` (top first) with a fresh upper dir; yields (mountpoint, upper dir)."""
+def overlay_mount(
+    lowers: list[Path], tmp: Path, name: str = "m", env: dict[str, str] | None = None
+) -> Iterator[tuple[Path, Path]]:
+    """Mount `lowers` (top first) with a fresh upper dir; yields (mountpoint, upper dir).
+    `env`: settings for the daemon (added to this process's environment)."""
     require_root()
     require(shutil.which("fusermount3") is not None, "fusermount3 is not installed")
     require(os.path.exists(IMGFS_OVERLAY), "imgfs-overlay is not installed")
@@ -45,7 +48,8 @@ def overlay_mount(lowers: list[Path], tmp: Path, name: str = "m") -> Iterator[tu
     for d in (upper, work, mnt):
         d.mkdir()
     opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
-    subprocess.run([IMGFS_OVERLAY, "-o", opts, str(mnt)], check=True, timeout=60)
+    run_env = {**os.environ, **(env or {})}
+    subprocess.run([IMGFS_OVERLAY, "-o", opts, str(mnt)], check=True, timeout=60, env=run_env)
     try:
         yield mnt, upper
     finally:

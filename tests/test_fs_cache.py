@@ -287,6 +287,8 @@ def test_trampoline_finds_what_it_patches_in_this_pyfuse3() -> None:
 
     assert pyfuse3.__file__ is not None
     wanted = {hook._SESSION, hook._OPS, hook._ANCHOR, hook._READDIRPLUS, hook._FSYNCDIR, hook._INIT}
+    assert wanted == hook._REQUIRED
+    wanted |= set(hook._FAST.values())  # the C fast path's (fs/fastpath.py)
     assert wanted == hook._WANTED
     assert set(hook._symbols(pyfuse3.__file__, hook._WANTED)) == wanted
     assert hook.install() is False  # no session: nothing is touched

@@ -106,7 +106,7 @@ class CopyUp:
         os.setxattr(at(pfd, name), ops.fmt.opaque, b"y", follow_symlinks=False)
         # Nothing below shows a lower entry any more: forget the merged lower dirs, and
         # drop the whiteouts, which hide nothing now (the kernel would list them).
-        for other in list(ops.table.nodes.values()):
+        for other in ops.table.all():
             if other.is_dir and other.lower and _below(other, node):
                 other.lower, other.opaque = 0, False
         node.lower, node.opaque = 0, True

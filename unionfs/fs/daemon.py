@@ -90,6 +90,7 @@ def serve(spec: MountSpec, on_ready: Callable[[], None] | None = None) -> None:
         pyfuse3.init(ops, str(spec.mountpoint), fuse_options(spec))
     except RuntimeError as e:
         raise ImgfsError(f"cannot mount on {spec.mountpoint}: {e}") from None
+    fast = None
     try:
         if os.environ.get("IMGFS_DIRHOOK", "1") != "0":  # 0: keep opendir (diagnosis, tests)
             from unionfs.fs import sessionhook
@@ -97,12 +98,27 @@ def serve(spec: MountSpec, on_ready: Callable[[], None] | None = None) -> None:
             ops.stateless_dirs = sessionhook.install()
             if not ops.stateless_dirs:
                 log.warning("pyfuse3 build not recognized: serving opendir (slower listings)")
+            fast = _install_fastpath(ops)
         if on_ready is not None:
             on_ready()
         trio.run(_main, spec, ops)
     finally:
         pyfuse3.close(unmount=True)
+        if fast is not None:
+            fast.close()
         ops.close()
+
+
+def _install_fastpath(ops: Any) -> Any:
+    from unionfs.fs import fastpath
+    from unionfs.fs.operations import TIMEOUT
+
+    if not fastpath.wanted():
+        return None
+    fast = fastpath.install(ops.table, ops.index, TIMEOUT)
+    if fast is None:
+        log.warning("C fast path not installed: every lookup goes through Python")
+    return fast
 
 
 async def _main(spec: MountSpec, ops: Any) -> None:

@@ -11,43 +11,134 @@ in the upper dir is numbered after its upper inode.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unionfs.fs.fastpath import FastPath
 
 ROOT_INO = 1
 UPPER_INO_BASE = 1 << 48
 """Upper-only entries: UPPER_INO_BASE + upper st_ino (kept below 2**63)."""
 DYNAMIC_INO_BASE = 1 << 62
 """Numbers handed out when the stable number is taken by a deleted-but-open inode."""
+_mirrored: NodeTable | None = None
+"""The table whose nodes the C fast path mirrors (one per daemon process)."""
 
 
-@dataclass(eq=False, slots=True)
 class Node:
-    ino: int
-    parent: Node | None
-    name: bytes
-    is_dir: bool
-    lower: int = 0
-    """Merged-index id of the lower entry this node shows (0: none, or hidden by opacity)."""
-    upper: bool = False
-    """The entry exists in the upper dir (at the node's path)."""
-    opaque: bool = False
-    upper_ino: int = 0
-    """st_ino in the upper dir, to tell a reused upper inode number from this one."""
-    nlink_bias: int = 0
-    """Added to the upper nlink of a copied-up hard link: its lower names that are hidden
-    still count, as in overlayfs."""
-    nlookup: int = 0
-    extra_links: list[tuple[Node, bytes]] = field(default_factory=list)
-    """Further names of a hard-linked file (the first is parent/name)."""
-    ufd: int = -1
-    """O_PATH fd of this directory in the upper dir, opened on demand."""
-    xattrs: frozenset[bytes] | None = None
-    """Names of the upper entry's xattrs, when this daemon knows them (it copied the file
-    up, and has set or removed none since): getxattr of any other name is ENODATA without
-    a syscall (`ls -l` asks for security.selinux, every write for security.capability)."""
-    default_acl: bool | None = None
-    """Whether this upper directory has a default ACL, once looked at (every creation in
-    it asks); forgotten with `xattrs`."""
+    """One inode. `parent`, `lower`, `upper` and `opaque` decide what it shows; setting
+    any of them tells the C fast path (when the node's table is mirrored)."""
+
+    __slots__ = (
+        "_lower",
+        "_opaque",
+        "_parent",
+        "_upper",
+        "default_acl",
+        "extra_links",
+        "ino",
+        "is_dir",
+        "name",
+        "nlink_bias",
+        "nlookup",
+        "ufd",
+        "upper_ino",
+        "xattrs",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        ino: int,
+        parent: Node | None,
+        name: bytes,
+        is_dir: bool,
+        lower: int = 0,
+        upper: bool = False,
+        opaque: bool = False,
+        upper_ino: int = 0,
+        nlookup: int = 0,
+    ) -> None:
+        self.ino = ino
+        self._parent = parent
+        self.name = name
+        self.is_dir = is_dir
+        self._lower = lower
+        """Merged-index id of the lower entry this node shows (0: none, or hidden)."""
+        self._upper = upper
+        """The entry exists in the upper dir (at the node's path)."""
+        self._opaque = opaque
+        self.upper_ino = upper_ino
+        """st_ino in the upper dir, to tell a reused upper inode number from this one."""
+        self.nlink_bias = 0
+        """Added to the upper nlink of a copied-up hard link: its lower names that are
+        hidden still count, as in overlayfs."""
+        self.nlookup = nlookup
+        self.extra_links: list[tuple[Node, bytes]] = []
+        """Further names of a hard-linked file (the first is parent/name)."""
+        self.ufd = -1
+        """O_PATH fd of this directory in the upper dir, opened on demand."""
+        self.xattrs: frozenset[bytes] | None = None
+        """Names of the upper entry's xattrs, when this daemon knows them (it copied the
+        file up, and has set or removed none since): getxattr of any other name is ENODATA
+        without a syscall (`ls -l` asks for security.selinux, every write for
+        security.capability)."""
+        self.default_acl: bool | None = None
+        """Whether this upper directory has a default ACL, once looked at (every creation
+        in it asks); forgotten with `xattrs`."""
+
+    def __repr__(self) -> str:
+        return (
+            f"Node(ino={self.ino}, name={self.name!r}, lower={self._lower}, "
+            f"upper={self._upper}, opaque={self._opaque}, nlookup={self.nlookup})"
+        )
+
+    def _changed(self) -> None:
+        if _mirrored is not None:
+            _mirrored.changed(self)
+
+    @property
+    def parent(self) -> Node | None:
+        return self._parent
+
+    @parent.setter
+    def parent(self, value: Node | None) -> None:
+        self._parent = value
+        self._changed()
+
+    @property
+    def lower(self) -> int:
+        return self._lower
+
+    @lower.setter
+    def lower(self, value: int) -> None:
+        self._lower = value
+        self._changed()
+
+    @property
+    def upper(self) -> bool:
+        return self._upper
+
+    @upper.setter
+    def upper(self, value: bool) -> None:
+        self._upper = value
+        self._changed()
+
+    @property
+    def opaque(self) -> bool:
+        return self._opaque
+
+    @opaque.setter
+    def opaque(self, value: bool) -> None:
+        self._opaque = value
+        self._changed()
+
+    @property
+    def pure_lower(self) -> int:
+        """The lower entry this node shows if it shows only that (no upper entry, not
+        opaque, still linked), else 0: the C fast path may answer for such a node."""
+        if self._lower and not self._upper and not self._opaque and self.alive:
+            return self._lower
+        return 0
 
     def forget_xattrs(self) -> None:
         """What this daemon knew of the entry's xattrs no longer holds (it changed them,
@@ -87,19 +178,51 @@ class Node:
 
 
 class NodeTable:
+    """The nodes Python answers for. With the C fast path on (`mirror`), the kernel may
+    also hold inodes only the fast path knows (pure lower entries it looked up): `get`
+    adopts such an inode as a Node the first time Python needs it, and every change of
+    a node's pure-lower state is told to the fast path (Node.__setattr__)."""
+
     def __init__(self) -> None:
         self.nodes: dict[int, Node] = {}
         self._next_dynamic = DYNAMIC_INO_BASE
+        self.fast: FastPath | None = None
+
+    def mirror(self, fast: FastPath) -> None:
+        """Tell `fast` about every node from now on."""
+        global _mirrored
+        self.fast, _mirrored = fast, self
+        for node in self.nodes.values():
+            fast.set(node.ino, node.pure_lower)
 
     def __getitem__(self, ino: int) -> Node:
-        return self.nodes[ino]
+        node = self.get(ino)
+        if node is None:
+            raise KeyError(ino)
+        return node
 
     def get(self, ino: int) -> Node | None:
-        return self.nodes.get(ino)
+        node = self.nodes.get(ino)
+        if node is None and self.fast is not None:
+            node = self.fast.adopt(ino, self)
+        return node
+
+    def all(self) -> list[Node]:
+        """Every node, after adopting those only the fast path holds."""
+        if self.fast is not None:
+            for ino in self.fast.held():
+                self.get(ino)
+        return list(self.nodes.values())
 
     def add(self, node: Node) -> Node:
         self.nodes[node.ino] = node
+        if self.fast is not None:
+            self.fast.set(node.ino, node.pure_lower)
         return node
+
+    def changed(self, node: Node) -> None:
+        if self.fast is not None and self.nodes.get(node.ino) is node:
+            self.fast.set(node.ino, node.pure_lower)
 
     def dynamic_ino(self) -> int:
         self._next_dynamic += 1
@@ -113,7 +236,12 @@ class NodeTable:
         if node.nlookup <= 0:
             node.close_fd()
             del self.nodes[ino]
+            if self.fast is not None:
+                self.fast.drop(ino)
 
     def close(self) -> None:
+        global _mirrored
+        if _mirrored is self:
+            _mirrored = None
         for node in self.nodes.values():
             node.close_fd()

@@ -17,6 +17,9 @@ of pyfuse3's and that each slot holds the expected function; anything unexpected
 stripped or different pyfuse3 build) leaves the session untouched and `install` returns
 False, and the daemon keeps answering opendir with handles as before.
 
+It also finds the LOOKUP, GETATTR and FORGET slots (`located`), where fs/fastpath.py
+puts its C handlers.
+
 Ask for init flags pyfuse3 never asks for: FUSE_CAP_CACHE_SYMLINKS (the kernel keeps
 symlink targets: `ls -l` and path walks through links stop sending readlink), and, with
 POSIX ACLs on, FUSE_CAP_DONT_MASK, so that the daemon gets the mode unmasked and the
@@ -30,6 +33,7 @@ import ctypes
 import functools
 import logging
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import pyfuse3
@@ -45,7 +49,15 @@ _ANCHOR = "PyInit_pyfuse3"
 _READDIRPLUS = "__pyx_f_7pyfuse3_fuse_readdirplus"
 _FSYNCDIR = "__pyx_f_7pyfuse3_fuse_fsyncdir"
 _INIT = "__pyx_f_7pyfuse3_fuse_init"
-_WANTED = frozenset({_SESSION, _OPS, _ANCHOR, _READDIRPLUS, _FSYNCDIR, _INIT})
+_FAST = {
+    "lookup": "__pyx_f_7pyfuse3_fuse_lookup",
+    "getattr": "__pyx_f_7pyfuse3_fuse_getattr",
+    "forget": "__pyx_f_7pyfuse3_fuse_forget",
+    "forget_multi": "__pyx_f_7pyfuse3_fuse_forget_multi",
+}
+"""pyfuse3's callbacks that fs/fastpath.py may put its C handlers in front of."""
+_REQUIRED = frozenset({_SESSION, _OPS, _ANCHOR, _READDIRPLUS, _FSYNCDIR, _INIT})
+_WANTED = _REQUIRED | frozenset(_FAST.values())
 _CAP_DONT_MASK = 1 << 6
 _CAP_POSIX_ACL = 1 << 19
 _CAP_CACHE_SYMLINKS = 1 << 23
@@ -63,6 +75,22 @@ _INIT_ARGS = (ctypes.c_void_p, ctypes.c_void_p)
 
 _keep: list[Any] = []
 """The trampolines: they must live as long as the session."""
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Where fastpath may patch: the live session, and per callback name its slot's
+    address and the pyfuse3 function it holds."""
+
+    session: int
+    slots: dict[str, tuple[int, int]]
+
+    def patch(self, name: str, fn: int) -> None:
+        ctypes.c_void_p.from_address(self.slots[name][0]).value = fn
+
+
+located: Slots | None = None
+"""Set by a successful `install`: the slots fastpath may take (only those found)."""
 
 
 @functools.cache
@@ -110,7 +138,7 @@ def _install() -> bool:
     path = pyfuse3.__file__
     assert path is not None
     syms = _symbols(path, _WANTED)
-    if len(syms) != len(_WANTED):
+    if not syms.keys() >= _REQUIRED:
         return False
     lib = ctypes.PyDLL(path)
     base = ctypes.cast(getattr(lib, _ANCHOR), ctypes.c_void_p).value
@@ -133,6 +161,8 @@ def _install() -> bool:
     slots = struct.unpack(f"<{ops_size // 8}Q", ops)
 
     def slot_of(sym: str) -> int:
+        if sym not in syms:
+            return -1
         fn = base + syms[sym][0]
         return slots.index(fn) if slots.count(fn) == 1 else -1
 
@@ -173,4 +203,9 @@ def _install() -> bool:
         ctypes.c_void_p.from_address(table + 8 * slot).value = ctypes.cast(
             fn, ctypes.c_void_p
         ).value
+    global located
+    found = {name: slot_of(sym) for name, sym in _FAST.items()}
+    located = Slots(
+        session, {name: (table + 8 * i, slots[i]) for name, i in found.items() if i >= 0}
+    )
     return True

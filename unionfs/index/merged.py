@@ -134,6 +134,11 @@ class MergedIndex:
         self.close()
 
     @property
+    def mapping(self) -> mmap.mmap:
+        """The mapped index file (the C fast path reads it in place)."""
+        return self._buf
+
+    @property
     def _buf(self) -> mmap.mmap:
         if self._mm is None:
             raise ValueError("merged index is closed")

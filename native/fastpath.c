@@ -1,0 +1,490 @@
+/* The C fast path of the FUSE daemon (see fastpath.h and unionfs/fs/fastpath.py).
+ *
+ * pyfuse3 spends some 50 us per request (a trio task switch, a coroutine, the handler);
+ * a lookup of a lower entry needs a hash probe in the mmapped index and a reply.  The
+ * handlers here answer what they can prove from the map and the index alone, and hand
+ * everything else, unchanged, to pyfuse3's callbacks.  After answering, they wait briefly
+ * (spin_ns) for the next request and, when one comes, read and dispatch it here, without
+ * a round trip through trio; a request that goes to Python ends that, since pyfuse3 must
+ * await its handler first. */
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fastpath.h"
+#include "index.h"
+#include "le.h"
+
+#define ENTRY_SIZE 104u
+/* Entry record field offsets (unionfs/index/format.py). */
+#define E_SIZE 0
+#define E_RDEV 8
+#define E_ATIME 16
+#define E_MTIME 24
+#define E_CTIME 32
+#define E_BLOCKS 40
+#define E_MODE 60
+#define E_UID 64
+#define E_GID 68
+#define E_NLINK 72
+#define E_LINK_GROUP 76
+
+/* FUSE opcodes (linux/fuse.h) of the requests these handlers may answer. */
+#define OP_LOOKUP 1
+#define OP_FORGET 2
+#define OP_GETATTR 3
+#define OP_BATCH_FORGET 42
+
+#define MAX_BATCH 4096
+/* Requests served in one go before trio gets the thread back. */
+#define READ_BUF_SIZE ((256u + 2u) * 4096u)
+/* libfuse's own buffer: the kernel refuses reads into less than max_write + headers. */
+
+typedef void (*lookup_fn)(fuse_req_t, fuse_ino_t, const char *);
+typedef void (*getattr_fn)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
+typedef void (*forget_fn)(fuse_req_t, fuse_ino_t, uint64_t);
+typedef void (*forget_multi_fn)(fuse_req_t, size_t, struct fuse_forget_data *);
+
+struct rec {
+    uint64_t ino;     /* 0: empty slot */
+    uint64_t parent;  /* held here: the inode it was looked up in */
+    uint64_t nlookup; /* held here: lookups the kernel has not forgotten */
+    uint32_t ident;   /* the lower entry it shows, if pure (else 0) */
+    uint8_t py;       /* Python's NodeTable has it */
+};
+
+static struct {
+    const uint8_t *base;
+    uint64_t len, count, entries_off;
+    struct fuse_session *se;
+    int fd;
+    double timeout;
+    long spin_ns;
+    lookup_fn lookup;
+    getattr_fn getattr;
+    forget_fn forget;
+    forget_multi_fn forget_multi;
+    struct rec *tab;
+    size_t cap, used;
+    int serving, passed, off, busy;
+    uint8_t *buf;
+    uint64_t stats[5];
+} g;
+
+/* -- the inode map: open addressing, linear probing, backward-shift deletion ---------- */
+
+static size_t slot_of(uint64_t ino)
+{
+    return (size_t)((ino * 0x9e3779b97f4a7c15ULL) >> 17) & (g.cap - 1);
+}
+
+static struct rec *find(uint64_t ino)
+{
+    size_t i;
+
+    if (g.cap == 0 || ino == 0)
+        return NULL;
+    for (i = slot_of(ino); g.tab[i].ino != 0; i = (i + 1) & (g.cap - 1))
+        if (g.tab[i].ino == ino)
+            return &g.tab[i];
+    return NULL;
+}
+
+static int grow(void)
+{
+    size_t old_cap = g.cap, i, j;
+    struct rec *old = g.tab, *tab;
+
+    tab = calloc(old_cap ? old_cap * 2 : 1024, sizeof(*tab));
+    if (tab == NULL)
+        return -1;
+    g.tab = tab;
+    g.cap = old_cap ? old_cap * 2 : 1024;
+    for (i = 0; i < old_cap; i++) {
+        if (old[i].ino == 0)
+            continue;
+        for (j = slot_of(old[i].ino); tab[j].ino != 0; j = (j + 1) & (g.cap - 1))
+            ;
+        tab[j] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+/* A new zeroed record for `ino` (not in the map), or NULL without memory. */
+static struct rec *insert(uint64_t ino)
+{
+    size_t i;
+
+    if ((g.used + 1) * 2 > g.cap && grow() != 0)
+        return NULL;
+    for (i = slot_of(ino); g.tab[i].ino != 0; i = (i + 1) & (g.cap - 1))
+        ;
+    memset(&g.tab[i], 0, sizeof(g.tab[i]));
+    g.tab[i].ino = ino;
+    g.used++;
+    return &g.tab[i];
+}
+
+static void erase(struct rec *r)
+{
+    size_t i = (size_t)(r - g.tab), j = i, home;
+
+    for (;;) {
+        j = (j + 1) & (g.cap - 1);
+        if (g.tab[j].ino == 0)
+            break;
+        home = slot_of(g.tab[j].ino);
+        /* Move j back into the hole at i unless its home lies cyclically in (i, j]. */
+        if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+            g.tab[i] = g.tab[j];
+            i = j;
+        }
+    }
+    g.tab[i].ino = 0;
+    g.used--;
+}
+
+/* -- the index -------------------------------------------------------------------- */
+
+static const uint8_t *entry(uint64_t ident)
+{
+    if (ident == 0 || ident > g.count)
+        return NULL;
+    return g.base + g.entries_off + (ident - 1) * ENTRY_SIZE;
+}
+
+/* The entry of a lower entry that inode `ino` may show as a pure lower inode: its own
+ * number, and not one of several hard links (those are Python's: names, copy-up). */
+static const uint8_t *pure_entry(uint64_t ino, uint64_t ident)
+{
+    const uint8_t *e = entry(ident);
+
+    if (e == NULL || rd32(e + E_LINK_GROUP) != ino)
+        return NULL;
+    if (!S_ISDIR(rd32(e + E_MODE)) && rd32(e + E_NLINK) > 1)
+        return NULL;
+    return e;
+}
+
+static void set_time(struct timespec *ts, int64_t ns)
+{
+    int64_t sec = ns / 1000000000, rem = ns % 1000000000;
+
+    if (rem < 0) {
+        rem += 1000000000;
+        sec -= 1;
+    }
+    ts->tv_sec = sec;
+    ts->tv_nsec = rem;
+}
+
+/* What operations._attrs gives for a lower node. */
+static void fill_stat(const uint8_t *e, uint64_t ino, struct stat *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->st_ino = ino;
+    st->st_mode = rd32(e + E_MODE);
+    st->st_nlink = rd32(e + E_NLINK);
+    st->st_uid = rd32(e + E_UID);
+    st->st_gid = rd32(e + E_GID);
+    st->st_rdev = rd64(e + E_RDEV);
+    st->st_size = (off_t)rd64(e + E_SIZE);
+    st->st_blksize = 4096;
+    st->st_blocks = (blkcnt_t)rd64(e + E_BLOCKS);
+    set_time(&st->st_atim, (int64_t)rd64(e + E_ATIME));
+    set_time(&st->st_mtim, (int64_t)rd64(e + E_MTIME));
+    set_time(&st->st_ctim, (int64_t)rd64(e + E_CTIME));
+}
+
+/* -- serving ---------------------------------------------------------------------- */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Whether a request arrives within spin_ns.  Busy-polls when another CPU can run the
+ * caller meanwhile: an idle CPU's wakeup costs tens of microseconds on a virtual
+ * machine, more than answering the request. */
+static int await_request(void)
+{
+    int64_t deadline = now_ns() + g.spin_ns;
+    struct timespec zero = {0, 0};
+
+    if (!g.busy) {
+        struct pollfd pfd = {.fd = g.fd, .events = POLLIN};
+        struct timespec ts = {0, g.spin_ns};
+
+        return ppoll(&pfd, 1, &ts, NULL) == 1 && (pfd.revents & POLLIN);
+    }
+    do {
+        struct pollfd pfd = {.fd = g.fd, .events = POLLIN};
+        int r = ppoll(&pfd, 1, &zero, NULL);
+
+        if (r == 1)
+            return (pfd.revents & POLLIN) != 0;
+        if (r < 0 && errno != EINTR)
+            return 0;
+    } while (now_ns() < deadline);
+    return 0;
+}
+
+/* Read and dispatch requests that follow within spin_ns, until one goes to Python. */
+static void serve_more(void)
+{
+    int n;
+
+    if (g.serving || g.spin_ns <= 0)
+        return;
+    g.serving = 1;
+    g.passed = 0;
+    for (n = 0; n < MAX_BATCH && !g.passed && !fuse_session_exited(g.se); n++) {
+        struct fuse_buf fb;
+        uint32_t opcode;
+        ssize_t got;
+
+        if (!await_request())
+            break;
+        got = read(g.fd, g.buf, READ_BUF_SIZE);
+        if (got < 8)
+            break; /* EAGAIN, ENODEV at unmount, EINTR: pyfuse3's loop takes it from here */
+        g.stats[4]++;
+        opcode = rd32(g.buf + 4);
+        if (opcode != OP_LOOKUP && opcode != OP_GETATTR && opcode != OP_FORGET
+            && opcode != OP_BATCH_FORGET)
+            g.passed = 1; /* pyfuse3's callback runs inside process_buf; stop after it */
+        memset(&fb, 0, sizeof(fb));
+        fb.size = (size_t)got;
+        fb.mem = g.buf;
+        fuse_session_process_buf(g.se, &fb);
+    }
+    g.serving = 0;
+}
+
+static void pass_on(void)
+{
+    g.passed = 1;
+    g.stats[3]++;
+}
+
+static void fast_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct fuse_entry_param ep;
+    struct rec *p = find(parent), *c;
+    const uint8_t *pe, *ce;
+    int64_t id;
+    uint64_t ino;
+
+    if (g.off || p == NULL || p->ident == 0 || name[0] == '\0' || strcmp(name, ".") == 0
+        || strcmp(name, "..") == 0)
+        goto python;
+    pe = entry(p->ident);
+    if (pe == NULL || !S_ISDIR(rd32(pe + E_MODE)))
+        goto python;
+    memset(&ep, 0, sizeof(ep));
+    ep.entry_timeout = g.timeout;
+    id = imgfs_index_lookup(g.base, g.len, p->ident, name, strlen(name));
+    if (id > 0) {
+        ce = entry((uint64_t)id);
+        if (ce == NULL)
+            goto python;
+        ino = rd32(ce + E_LINK_GROUP);
+        if (pure_entry(ino, (uint64_t)id) == NULL)
+            goto python;
+        c = find(ino);
+        if (c != NULL && (c->py || c->ident != (uint64_t)id))
+            goto python;
+        if (c == NULL) {
+            c = insert(ino);
+            if (c == NULL)
+                goto python;
+            c->parent = parent;
+            c->ident = (uint32_t)id;
+        }
+        c->nlookup++;
+        ep.ino = ino;
+        ep.attr_timeout = g.timeout;
+        fill_stat(ce, ino, &ep.attr);
+    } /* else: a negative entry, as operations.lookup answers */
+    g.stats[0]++;
+    fuse_reply_entry(req, &ep);
+    serve_more();
+    return;
+python:
+    pass_on();
+    g.lookup(req, parent, name);
+}
+
+static void fast_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct rec *r = find(ino);
+    const uint8_t *e;
+    struct stat st;
+
+    if (g.off || r == NULL || r->ident == 0 || (e = pure_entry(ino, r->ident)) == NULL) {
+        pass_on();
+        g.getattr(req, ino, fi);
+        return;
+    }
+    fill_stat(e, ino, &st);
+    g.stats[1]++;
+    fuse_reply_attr(req, &st, g.timeout);
+    serve_more();
+}
+
+/* Count down a lookup count held here; 0 if Python holds the inode. */
+static int forget_held(uint64_t ino, uint64_t n)
+{
+    struct rec *r = find(ino);
+
+    if (r == NULL || r->py)
+        return 0;
+    if (r->nlookup <= n)
+        erase(r);
+    else
+        r->nlookup -= n;
+    g.stats[2]++;
+    return 1;
+}
+
+static void fast_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+    if (!forget_held(ino, nlookup)) {
+        pass_on();
+        g.forget(req, ino, nlookup);
+        return;
+    }
+    fuse_reply_none(req);
+}
+
+static void fast_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+    size_t i, kept = 0;
+
+    for (i = 0; i < count; i++)
+        if (!forget_held(forgets[i].ino, forgets[i].nlookup))
+            forgets[kept++] = forgets[i];
+    if (kept == 0) {
+        fuse_reply_none(req);
+        return;
+    }
+    pass_on();
+    g.forget_multi(req, kept, forgets);
+}
+
+/* -- Python's side ------------------------------------------------------------------ */
+
+int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
+                     long spin_ns, void *lookup, void *getattr, void *forget,
+                     void *forget_multi)
+{
+    uint64_t count, entries_off;
+
+    if (imgfs_index_entries(base, len, &count, &entries_off) != 0)
+        return -1;
+    if (g.buf == NULL && (g.buf = malloc(READ_BUF_SIZE)) == NULL)
+        return -1;
+    g.base = base;
+    g.len = len;
+    g.count = count;
+    g.entries_off = entries_off;
+    g.se = session;
+    g.fd = fuse_session_fd(g.se);
+    g.timeout = timeout;
+    g.spin_ns = spin_ns > 999999999 ? 999999999 : spin_ns;
+    g.busy = sysconf(_SC_NPROCESSORS_ONLN) > 1;
+    g.lookup = (lookup_fn)lookup;
+    g.getattr = (getattr_fn)getattr;
+    g.forget = (forget_fn)forget;
+    g.forget_multi = (forget_multi_fn)forget_multi;
+    return 0;
+}
+
+void *imgfs_fast_callback(int which)
+{
+    switch (which) {
+    case 0:
+        return (void *)fast_lookup;
+    case 1:
+        return (void *)fast_getattr;
+    case 2:
+        return (void *)fast_forget;
+    case 3:
+        return (void *)fast_forget_multi;
+    default:
+        return NULL;
+    }
+}
+
+int imgfs_fast_py_set(uint64_t ino, uint32_t ident)
+{
+    struct rec *r = find(ino);
+
+    if (r == NULL && (r = insert(ino)) == NULL) {
+        g.off = 1; /* out of memory: from now on every answer is Python's */
+        return -1;
+    }
+    r->py = 1;
+    r->nlookup = 0;
+    r->ident = (ident != 0 && pure_entry(ino, ident) != NULL) ? ident : 0;
+    return r->ident != 0;
+}
+
+void imgfs_fast_py_drop(uint64_t ino)
+{
+    struct rec *r = find(ino);
+
+    if (r != NULL && r->py)
+        erase(r);
+}
+
+int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *nlookup)
+{
+    struct rec *r = find(ino);
+
+    if (r == NULL || r->py)
+        return 0;
+    *ident = r->ident;
+    *parent = r->parent;
+    *nlookup = r->nlookup;
+    r->py = 1;
+    r->nlookup = 0;
+    return 1;
+}
+
+size_t imgfs_fast_held(uint64_t *out, size_t max)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < g.cap; i++) {
+        if (g.tab[i].ino == 0 || g.tab[i].py)
+            continue;
+        if (n < max)
+            out[n] = g.tab[i].ino;
+        n++;
+    }
+    return n;
+}
+
+int imgfs_fast_known(uint64_t ino)
+{
+    struct rec *r = find(ino);
+
+    return r == NULL ? -1 : r->py ? 0 : 1;
+}
+
+void imgfs_fast_stats(uint64_t out[5])
+{
+    memcpy(out, g.stats, sizeof(g.stats));
+}

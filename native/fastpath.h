@@ -1,0 +1,50 @@
+/* The daemon's C fast path: LOOKUP, GETATTR and FORGET of entries that only the lower
+ * layers hold, answered from the mmapped merged index without entering Python
+ * (unionfs/fs/fastpath.py installs it; every other request goes to pyfuse3 as before).
+ *
+ * The map below holds every inode Python's NodeTable knows ("py": Python answers for it;
+ * "ident" is set when it is a pure lower entry, so GETATTR and LOOKUP in it can still be
+ * answered here) and every inode only this code has handed to the kernel (its lookup
+ * count is kept here until Python adopts it with imgfs_fast_take).  All of it runs on
+ * the daemon's one trio thread, inside pyfuse3's fuse_session_process_buf calls or in
+ * cffi calls from Python: no locking. */
+#ifndef IMGFS_FASTPATH_H
+#define IMGFS_FASTPATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Start answering: the index image, the live session, the entry/attr timeout, and
+ * pyfuse3's own callbacks for everything the fast path leaves to Python.  spin_ns: how
+ * long to wait for a following request before going back to trio (0: never wait).
+ * Returns 0, or -1 if the index header is unusable (nothing changes then). */
+int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
+                     long spin_ns, void *lookup, void *getattr, void *forget,
+                     void *forget_multi);
+
+/* The callbacks to put into the session's table. */
+void *imgfs_fast_callback(int which); /* 0 lookup, 1 getattr, 2 forget, 3 forget_multi */
+
+/* Python knows `ino`; ident != 0 if it shows lower entry `ident` and nothing else (the
+ * entry is checked here: same inode number, not a hard link).  Returns 1 if it counts as
+ * pure. */
+int imgfs_fast_py_set(uint64_t ino, uint32_t ident);
+
+/* Python forgot `ino`. */
+void imgfs_fast_py_drop(uint64_t ino);
+
+/* Hand an inode this code answered for to Python: its entry, parent inode and lookup
+ * count.  Returns 0 if this code holds no such inode. */
+int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *nlookup);
+
+/* Up to `max` inodes held here (not by Python) into out; returns how many there are. */
+size_t imgfs_fast_held(uint64_t *out, size_t max);
+
+/* -1: `ino` is not in the map; 0: Python holds it; 1: this code does (tests). */
+int imgfs_fast_known(uint64_t ino);
+
+/* Counters: [0] lookups answered, [1] getattrs answered, [2] forgets answered,
+ * [3] requests passed to Python by the fast handlers, [4] requests read in C. */
+void imgfs_fast_stats(uint64_t out[5]);
+
+#endif
