@@ -54,14 +54,16 @@ fastpath_builder.cdef(
     """
     int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
                          long spin_ns, void *lookup, void *getattr, void *forget,
-                         void *forget_multi);
+                         void *forget_multi, void *readdirplus);
     void *imgfs_fast_callback(int which);
-    int imgfs_fast_py_set(uint64_t ino, uint32_t ident);
-    void imgfs_fast_py_drop(uint64_t ino);
+    int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent);
+    uint64_t imgfs_fast_py_drop(uint64_t ino);
     int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *nlookup);
     size_t imgfs_fast_held(uint64_t *out, size_t max);
     int imgfs_fast_known(uint64_t ino);
-    void imgfs_fast_stats(uint64_t out[5]);
+    int imgfs_fast_fd(void);
+    int imgfs_fast_spin(void);
+    void imgfs_fast_stats(uint64_t out[6]);
     """
 )
 _fuse_includes, _fuse_libs = _fuse3_flags()

@@ -7,6 +7,7 @@
  * (spin_ns) for the next request and, when one comes, read and dispatch it here, without
  * a round trip through trio; a request that goes to Python ends that, since pyfuse3 must
  * await its handler first. */
+#define _GNU_SOURCE /* ppoll */
 #define FUSE_USE_VERSION 34
 #include <fuse_lowlevel.h>
 
@@ -33,14 +34,19 @@
 #define E_MODE 60
 #define E_UID 64
 #define E_GID 68
+#define E_NAME_OFF 48
 #define E_NLINK 72
 #define E_LINK_GROUP 76
+#define E_FIRST_CHILD 80
+#define E_CHILD_COUNT 84
+#define E_NAME_LEN 96
 
 /* FUSE opcodes (linux/fuse.h) of the requests these handlers may answer. */
 #define OP_LOOKUP 1
 #define OP_FORGET 2
 #define OP_GETATTR 3
 #define OP_BATCH_FORGET 42
+#define OP_READDIRPLUS 44
 
 #define MAX_BATCH 4096
 /* Requests served in one go before trio gets the thread back. */
@@ -51,18 +57,21 @@ typedef void (*lookup_fn)(fuse_req_t, fuse_ino_t, const char *);
 typedef void (*getattr_fn)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
 typedef void (*forget_fn)(fuse_req_t, fuse_ino_t, uint64_t);
 typedef void (*forget_multi_fn)(fuse_req_t, size_t, struct fuse_forget_data *);
+typedef void (*readdir_fn)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
 
 struct rec {
     uint64_t ino;     /* 0: empty slot */
-    uint64_t parent;  /* held here: the inode it was looked up in */
-    uint64_t nlookup; /* held here: lookups the kernel has not forgotten */
+    uint64_t parent;  /* the directory inode it is in (for "..", and for Python's adoption) */
+    uint64_t nlookup; /* lookups handed out here that the kernel has not forgotten (for a
+                         node Python holds: on top of the count Python keeps) */
+    uint64_t listed;  /* the size of the last whole listing of this directory served here */
     uint32_t ident;   /* the lower entry it shows, if pure (else 0) */
     uint8_t py;       /* Python's NodeTable has it */
 };
 
 static struct {
     const uint8_t *base;
-    uint64_t len, count, entries_off;
+    uint64_t len, count, entries_off, names_off, names_len;
     struct fuse_session *se;
     int fd;
     double timeout;
@@ -71,11 +80,12 @@ static struct {
     getattr_fn getattr;
     forget_fn forget;
     forget_multi_fn forget_multi;
+    readdir_fn readdirplus;
     struct rec *tab;
     size_t cap, used;
     int serving, passed, off, busy;
-    uint8_t *buf;
-    uint64_t stats[5];
+    uint8_t *buf, *dirbuf;
+    uint64_t stats[6];
 } g;
 
 /* -- the inode map: open addressing, linear probing, backward-shift deletion ---------- */
@@ -186,6 +196,19 @@ static void set_time(struct timespec *ts, int64_t ns)
     ts->tv_nsec = rem;
 }
 
+/* The entry's name as a C string in out (room for UINT16_MAX + 1); 0 if it is out of
+ * bounds or not a file name. */
+static int name_of(const uint8_t *e, char *out, uint16_t len)
+{
+    uint64_t off = rd64(e + E_NAME_OFF);
+
+    if (len == 0 || off > g.names_len || len > g.names_len - off)
+        return 0;
+    memcpy(out, g.base + g.names_off + off, len);
+    out[len] = '\0';
+    return memchr(out, '/', len) == NULL && strlen(out) == len;
+}
+
 /* What operations._attrs gives for a lower node. */
 static void fill_stat(const uint8_t *e, uint64_t ino, struct stat *st)
 {
@@ -262,7 +285,7 @@ static void serve_more(void)
         g.stats[4]++;
         opcode = rd32(g.buf + 4);
         if (opcode != OP_LOOKUP && opcode != OP_GETATTR && opcode != OP_FORGET
-            && opcode != OP_BATCH_FORGET)
+            && opcode != OP_BATCH_FORGET && opcode != OP_READDIRPLUS)
             g.passed = 1; /* pyfuse3's callback runs inside process_buf; stop after it */
         memset(&fb, 0, sizeof(fb));
         fb.size = (size_t)got;
@@ -303,8 +326,8 @@ static void fast_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
         if (pure_entry(ino, (uint64_t)id) == NULL)
             goto python;
         c = find(ino);
-        if (c != NULL && (c->py || c->ident != (uint64_t)id))
-            goto python;
+        if (c != NULL && c->ident != (uint64_t)id)
+            goto python; /* Python holds it, and it is no longer (or never was) pure */
         if (c == NULL) {
             c = insert(ino);
             if (c == NULL)
@@ -343,38 +366,50 @@ static void fast_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
     serve_more();
 }
 
-/* Count down a lookup count held here; 0 if Python holds the inode. */
-static int forget_held(uint64_t ino, uint64_t n)
+/* Count down the lookups handed out here; returns what is left for Python to forget. */
+static uint64_t forget_held(uint64_t ino, uint64_t n)
 {
     struct rec *r = find(ino);
+    uint64_t mine;
 
-    if (r == NULL || r->py)
+    if (r == NULL)
+        return n;
+    mine = r->nlookup < n ? r->nlookup : n;
+    r->nlookup -= mine;
+    if (mine > 0)
+        g.stats[2]++;
+    if (!r->py) {
+        if (r->nlookup == 0)
+            erase(r);
         return 0;
-    if (r->nlookup <= n)
-        erase(r);
-    else
-        r->nlookup -= n;
-    g.stats[2]++;
-    return 1;
+    }
+    return n - mine;
 }
 
 static void fast_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-    if (!forget_held(ino, nlookup)) {
-        pass_on();
-        g.forget(req, ino, nlookup);
+    uint64_t rest = forget_held(ino, nlookup);
+
+    if (rest == 0) {
+        fuse_reply_none(req);
         return;
     }
-    fuse_reply_none(req);
+    pass_on();
+    g.forget(req, ino, rest);
 }
 
 static void fast_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
     size_t i, kept = 0;
 
-    for (i = 0; i < count; i++)
-        if (!forget_held(forgets[i].ino, forgets[i].nlookup))
-            forgets[kept++] = forgets[i];
+    for (i = 0; i < count; i++) {
+        uint64_t rest = forget_held(forgets[i].ino, forgets[i].nlookup);
+
+        if (rest > 0) {
+            forgets[kept].ino = forgets[i].ino;
+            forgets[kept++].nlookup = rest;
+        }
+    }
     if (kept == 0) {
         fuse_reply_none(req);
         return;
@@ -383,22 +418,124 @@ static void fast_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_d
     g.forget_multi(req, kept, forgets);
 }
 
+/* Add one directory entry to a READDIRPLUS reply; 0 if it does not fit. */
+static int add_entry(fuse_req_t req, size_t size, size_t *pos, const char *name,
+                     const uint8_t *e, uint64_t ino, off_t next)
+{
+    char *buf = (char *)g.dirbuf;
+    struct fuse_entry_param ep;
+    size_t need;
+
+    memset(&ep, 0, sizeof(ep));
+    ep.ino = ino;
+    ep.entry_timeout = ep.attr_timeout = g.timeout;
+    if (e != NULL) {
+        fill_stat(e, ino, &ep.attr);
+    } else { /* "..": the kernel takes only its number and type from a listing */
+        ep.attr.st_ino = ino;
+        ep.attr.st_mode = S_IFDIR;
+    }
+    need = fuse_add_direntry_plus(req, buf + *pos, size - *pos, name, &ep, next);
+    if (need > size - *pos)
+        return 0;
+    *pos += need;
+    return 1;
+}
+
+/* A whole listing of a pure lower directory in one reply, as operations.readdir gives
+ * it (".", "..", then the children in index order, offsets 1, 2, ...); a listing that
+ * does not fit, or one that continues, is Python's (it keeps listings by inode). */
+static void fast_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                             struct fuse_file_info *fi)
+{
+    struct rec *r = find(ino);
+    const uint8_t *e, *ce;
+    uint64_t first, count, i;
+    char name[UINT16_MAX + 1];
+    size_t pos = 0;
+
+    if (g.off || r == NULL || fi->fh != 0 || off < 0)
+        goto python;
+    if (off > 0 && r->listed > 0 && (uint64_t)off >= r->listed) {
+        r->listed = 0; /* the end of a listing served here, even if it changed since */
+        fuse_reply_buf(req, NULL, 0);
+        serve_more();
+        return;
+    }
+    if (off != 0 || r->ident == 0 || (e = pure_entry(ino, r->ident)) == NULL
+        || !S_ISDIR(rd32(e + E_MODE)) || size > READ_BUF_SIZE)
+        goto python;
+    first = rd32(e + E_FIRST_CHILD);
+    count = rd32(e + E_CHILD_COUNT);
+    if ((ino != 1 && r->parent == 0) || (count > 0 && (first == 0 || first + count - 1 > g.count)))
+        goto python;
+    if (!add_entry(req, size, &pos, ".", e, ino, 1)
+        || !add_entry(req, size, &pos, "..", NULL, ino == 1 ? 1 : r->parent, 2))
+        goto python;
+    for (i = 0; i < count; i++) {
+        uint64_t id = first + i, cino;
+        struct rec *c;
+        uint16_t len;
+
+        ce = entry(id);
+        cino = rd32(ce + E_LINK_GROUP);
+        len = rd16(ce + E_NAME_LEN);
+        if (pure_entry(cino, id) == NULL || !name_of(ce, name, len))
+            goto python;
+        c = find(cino);
+        if (c != NULL && c->ident != id)
+            goto python;
+        if (!add_entry(req, size, &pos, name, ce, cino, (off_t)(i + 3)))
+            goto python;
+    }
+    /* Everything fits: now hand out the children (the kernel takes a lookup of each). */
+    for (i = 0; i < count; i++) {
+        uint64_t id = first + i, cino = rd32(entry(id) + E_LINK_GROUP);
+        struct rec *c = find(cino);
+
+        if (c == NULL) {
+            c = insert(cino);
+            if (c == NULL) {
+                g.off = 1; /* the reply is built: the kernel gets it; Python answers next */
+                break;
+            }
+            c->parent = ino;
+            c->ident = (uint32_t)id;
+        }
+        c->nlookup++;
+    }
+    r = find(ino);
+    if (r != NULL)
+        r->listed = count + 2;
+    g.stats[5]++;
+    fuse_reply_buf(req, (const char *)g.dirbuf, pos);
+    serve_more();
+    return;
+python:
+    pass_on();
+    g.readdirplus(req, ino, size, off, fi);
+}
+
 /* -- Python's side ------------------------------------------------------------------ */
 
 int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
                      long spin_ns, void *lookup, void *getattr, void *forget,
-                     void *forget_multi)
+                     void *forget_multi, void *readdirplus)
 {
-    uint64_t count, entries_off;
+    uint64_t layout[4];
 
-    if (imgfs_index_entries(base, len, &count, &entries_off) != 0)
+    if (imgfs_index_entries(base, len, layout) != 0)
         return -1;
     if (g.buf == NULL && (g.buf = malloc(READ_BUF_SIZE)) == NULL)
         return -1;
+    if (g.dirbuf == NULL && (g.dirbuf = malloc(READ_BUF_SIZE)) == NULL)
+        return -1;
     g.base = base;
     g.len = len;
-    g.count = count;
-    g.entries_off = entries_off;
+    g.count = layout[0];
+    g.entries_off = layout[1];
+    g.names_off = layout[2];
+    g.names_len = layout[3];
     g.se = session;
     g.fd = fuse_session_fd(g.se);
     g.timeout = timeout;
@@ -408,6 +545,7 @@ int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double ti
     g.getattr = (getattr_fn)getattr;
     g.forget = (forget_fn)forget;
     g.forget_multi = (forget_multi_fn)forget_multi;
+    g.readdirplus = (readdir_fn)readdirplus;
     return 0;
 }
 
@@ -422,12 +560,14 @@ void *imgfs_fast_callback(int which)
         return (void *)fast_forget;
     case 3:
         return (void *)fast_forget_multi;
+    case 4:
+        return (void *)fast_readdirplus;
     default:
         return NULL;
     }
 }
 
-int imgfs_fast_py_set(uint64_t ino, uint32_t ident)
+int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent)
 {
     struct rec *r = find(ino);
 
@@ -436,17 +576,24 @@ int imgfs_fast_py_set(uint64_t ino, uint32_t ident)
         return -1;
     }
     r->py = 1;
-    r->nlookup = 0;
+    r->parent = parent;
     r->ident = (ident != 0 && pure_entry(ino, ident) != NULL) ? ident : 0;
     return r->ident != 0;
 }
 
-void imgfs_fast_py_drop(uint64_t ino)
+uint64_t imgfs_fast_py_drop(uint64_t ino)
 {
     struct rec *r = find(ino);
+    uint64_t n;
 
-    if (r != NULL && r->py)
+    if (r == NULL || !r->py)
+        return 0;
+    n = r->nlookup;
+    if (n == 0)
         erase(r);
+    else
+        r->nlookup = 0; /* Python keeps the node, with these lookups as its own */
+    return n;
 }
 
 int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *nlookup)
@@ -477,6 +624,16 @@ size_t imgfs_fast_held(uint64_t *out, size_t max)
     return n;
 }
 
+int imgfs_fast_fd(void)
+{
+    return g.se != NULL ? g.fd : -1;
+}
+
+int imgfs_fast_spin(void)
+{
+    return g.se != NULL && g.busy && g.spin_ns > 0 && await_request();
+}
+
 int imgfs_fast_known(uint64_t ino)
 {
     struct rec *r = find(ino);
@@ -484,7 +641,7 @@ int imgfs_fast_known(uint64_t ino)
     return r == NULL ? -1 : r->py ? 0 : 1;
 }
 
-void imgfs_fast_stats(uint64_t out[5])
+void imgfs_fast_stats(uint64_t out[6])
 {
     memcpy(out, g.stats, sizeof(g.stats));
 }

@@ -20,18 +20,22 @@
  * Returns 0, or -1 if the index header is unusable (nothing changes then). */
 int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
                      long spin_ns, void *lookup, void *getattr, void *forget,
-                     void *forget_multi);
+                     void *forget_multi, void *readdirplus);
 
 /* The callbacks to put into the session's table. */
-void *imgfs_fast_callback(int which); /* 0 lookup, 1 getattr, 2 forget, 3 forget_multi */
+void *imgfs_fast_callback(int which);
+/* 0 lookup, 1 getattr, 2 forget, 3 forget_multi, 4 readdirplus */
 
-/* Python knows `ino`; ident != 0 if it shows lower entry `ident` and nothing else (the
- * entry is checked here: same inode number, not a hard link).  Returns 1 if it counts as
- * pure. */
-int imgfs_fast_py_set(uint64_t ino, uint32_t ident);
+/* Python knows `ino`, in directory `parent`; ident != 0 if it shows lower entry `ident`
+ * and nothing else (the entry is checked here: same inode number, not a hard link).
+ * Returns 1 if it counts as pure.  This code may still hand out lookups of a pure inode
+ * Python holds (counted here, forgotten here first). */
+int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent);
 
-/* Python forgot `ino`. */
-void imgfs_fast_py_drop(uint64_t ino);
+/* Python's own lookup count of `ino` reached 0: returns the lookups this code handed out
+ * that the kernel still holds (Python keeps the node with that count), or 0 (then the
+ * inode is gone from the map). */
+uint64_t imgfs_fast_py_drop(uint64_t ino);
 
 /* Hand an inode this code answered for to Python: its entry, parent inode and lookup
  * count.  Returns 0 if this code holds no such inode. */
@@ -40,11 +44,20 @@ int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *n
 /* Up to `max` inodes held here (not by Python) into out; returns how many there are. */
 size_t imgfs_fast_held(uint64_t *out, size_t max);
 
+/* The session's /dev/fuse fd (-1 before setup). */
+int imgfs_fast_fd(void);
+
+/* Busy-poll the fd for up to spin_ns, as after a C answer; 1 if a request is waiting.
+ * 0 at once when busy-polling is off (one CPU) or spin_ns is 0.  cffi releases the GIL
+ * around the call, so Python threads (large copy-ups) go on meanwhile. */
+int imgfs_fast_spin(void);
+
 /* -1: `ino` is not in the map; 0: Python holds it; 1: this code does (tests). */
 int imgfs_fast_known(uint64_t ino);
 
 /* Counters: [0] lookups answered, [1] getattrs answered, [2] forgets answered,
- * [3] requests passed to Python by the fast handlers, [4] requests read in C. */
-void imgfs_fast_stats(uint64_t out[5]);
+ * [3] requests passed to Python by the fast handlers, [4] requests read in C,
+ * [5] listings answered. */
+void imgfs_fast_stats(uint64_t out[6]);
 
 #endif

@@ -83,14 +83,16 @@ static int layout_of(const uint8_t *base, uint64_t len, struct layout *l)
     return 0;
 }
 
-int imgfs_index_entries(const uint8_t *base, uint64_t len, uint64_t *count, uint64_t *entries_off)
+int imgfs_index_entries(const uint8_t *base, uint64_t len, uint64_t out[4])
 {
     struct layout l;
 
     if (layout_of(base, len, &l) != 0)
         return -1;
-    *count = l.count;
-    *entries_off = l.entries_off;
+    out[0] = l.count;
+    out[1] = l.entries_off;
+    out[2] = l.names_off;
+    out[3] = l.names_len;
     return 0;
 }
 

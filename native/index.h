@@ -15,8 +15,9 @@ uint64_t imgfs_index_hash(uint64_t parent, const char *name, size_t namelen);
 int64_t imgfs_index_lookup(const uint8_t *base, uint64_t len, uint64_t parent,
                            const char *name, size_t namelen);
 
-/* 0 and the entry count and records' offset if the header is one every read can trust
- * to stay within base[0..len) (the same check imgfs_index_lookup makes), else -1. */
-int imgfs_index_entries(const uint8_t *base, uint64_t len, uint64_t *count, uint64_t *entries_off);
+/* 0, with out = {entry count, records' offset, names' offset, names' length}, if the
+ * header is one every read can trust to stay within base[0..len) (the same check
+ * imgfs_index_lookup makes), else -1. */
+int imgfs_index_entries(const uint8_t *base, uint64_t len, uint64_t out[4]);
 
 #endif

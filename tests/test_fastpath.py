@@ -128,6 +128,7 @@ def test_c_answers_as_python_does(tmp_path: Path) -> None:
     assert counts["lookups"] > len(paths), counts
     assert counts["getattrs"] > 0, counts
     assert counts["forgets"] > 0, counts
+    assert counts["listings"] > 0, counts
 
 
 def _rename_dir(m: Path) -> None:
@@ -220,7 +221,7 @@ def test_inode_map_keeps_every_inode_through_deletions() -> None:
     for _ in range(20000):
         ino = base + rng.randrange(3000)
         if rng.random() < 0.6:
-            lib.imgfs_fast_py_set(ino, 0)
+            lib.imgfs_fast_py_set(ino, 0, 0)
             model.add(ino)
         else:
             lib.imgfs_fast_py_drop(ino)

@@ -3,10 +3,11 @@
 Profiles of cold `stat` walks put the daemon's cost at ~50 us per request, almost all of
 it pyfuse3 and trio (a task switch, a coroutine, the handler), for an answer that is one
 hash probe in the mmapped merged index. The C handlers go in front of pyfuse3's LOOKUP,
-GETATTR, FORGET and BATCH_FORGET callbacks in the live session (the slots sessionhook
-finds) and answer whatever needs nothing but the index: a name in a directory that only
-the lower layers hold, the attributes of such an entry, the forgetting of one the C side
-handed out. Everything else goes to pyfuse3's own callback, unchanged. After an answer
+GETATTR, FORGET, BATCH_FORGET and READDIRPLUS callbacks in the live session (the slots
+sessionhook finds) and answer whatever needs nothing but the index: a name in a
+directory that only the lower layers hold, the attributes of such an entry, a whole
+listing of such a directory, the forgetting of what the C side handed out. Everything
+else goes to pyfuse3's own callback, unchanged. After an answer
 the C side waits up to SPIN_NS for the next request and serves it too, so a burst of
 lookups never goes through trio at all.
 
@@ -46,8 +47,9 @@ SPIN_ENV = "IMGFS_FASTPATH_SPIN_US"
 SPIN_US = 200
 """How long the C side waits for a following request before handing the thread back to
 trio: a process walking paths sends its next lookup within a few microseconds."""
-_CALLBACKS = ("lookup", "getattr", "forget", "forget_multi")
-_STAT_NAMES = ("lookups", "getattrs", "forgets", "passed_to_python", "read_in_c")
+_CALLBACKS = ("lookup", "getattr", "forget", "forget_multi", "readdirplus")
+"""In the order of imgfs_fast_callback's numbers."""
+_STAT_NAMES = ("lookups", "getattrs", "forgets", "passed_to_python", "read_in_c", "listings")
 
 
 def wanted() -> bool:
@@ -68,11 +70,12 @@ class FastPath:
         self._parent = ffi.new("uint64_t *")
         self._nlookup = ffi.new("uint64_t *")
 
-    def set(self, ino: int, ident: int) -> None:
-        lib.imgfs_fast_py_set(ino, ident if 0 < ident <= 0xFFFF_FFFF else 0)
+    def set(self, ino: int, ident: int, parent: int) -> None:
+        lib.imgfs_fast_py_set(ino, ident if 0 < ident <= 0xFFFF_FFFF else 0, parent)
 
-    def drop(self, ino: int) -> None:
-        lib.imgfs_fast_py_drop(ino)
+    def drop(self, ino: int) -> int:
+        """Python's count of `ino` reached 0: the lookups the C side still has of it."""
+        return lib.imgfs_fast_py_drop(ino)
 
     def held(self) -> list[int]:
         n = lib.imgfs_fast_held(ffi.NULL, 0)
@@ -92,9 +95,28 @@ class FastPath:
         return table.add(node)
 
     def stats(self) -> dict[str, int]:
-        out = ffi.new("uint64_t[5]")
+        out = ffi.new("uint64_t[6]")
         lib.imgfs_fast_stats(out)
         return dict(zip(_STAT_NAMES, (int(v) for v in out), strict=True))
+
+    async def spin_between_requests(self) -> None:
+        """Busy-poll for the next request whenever every task is idle, as the C side does
+        after its own answers: a request Python answers is followed by the next one
+        within microseconds, and waking the idle thread costs more than that on a VM.
+        Once a wait runs out, sleep until a request comes (no spinning while idle)."""
+        import trio
+        from trio.testing import wait_all_tasks_blocked
+
+        fd = os.dup(lib.imgfs_fast_fd())  # trio lets one task wait per fd: pyfuse3 has it
+        try:
+            while True:
+                await wait_all_tasks_blocked()
+                if lib.imgfs_fast_spin():
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         path = os.environ.get(STATS_ENV)
@@ -119,7 +141,7 @@ def install(table: NodeTable, index: Any, timeout: float) -> FastPath | None:
     if len(index) == 0 or getattr(index, "mapping", None) is None:
         return None
     fast = FastPath(index)
-    originals = [ffi.cast("void *", slots.slots[name][1]) for name in _CALLBACKS]
+    originals = [ffi.cast("void *", slots.current(name)) for name in _CALLBACKS]
     session = ffi.cast("void *", slots.session)
     if lib.imgfs_fast_setup(fast._buf, len(fast._buf), session, timeout, _spin_ns(), *originals):
         log.warning("merged index not usable by the C fast path")

@@ -193,7 +193,7 @@ class NodeTable:
         global _mirrored
         self.fast, _mirrored = fast, self
         for node in self.nodes.values():
-            fast.set(node.ino, node.pure_lower)
+            self.changed(node)
 
     def __getitem__(self, ino: int) -> Node:
         node = self.get(ino)
@@ -216,13 +216,13 @@ class NodeTable:
 
     def add(self, node: Node) -> Node:
         self.nodes[node.ino] = node
-        if self.fast is not None:
-            self.fast.set(node.ino, node.pure_lower)
+        self.changed(node)
         return node
 
     def changed(self, node: Node) -> None:
         if self.fast is not None and self.nodes.get(node.ino) is node:
-            self.fast.set(node.ino, node.pure_lower)
+            parent = node.parent
+            self.fast.set(node.ino, node.pure_lower, parent.ino if parent is not None else 0)
 
     def dynamic_ino(self) -> int:
         self._next_dynamic += 1
@@ -234,10 +234,14 @@ class NodeTable:
             return
         node.nlookup -= n
         if node.nlookup <= 0:
+            if self.fast is not None:
+                # lookups the C side handed out are still the kernel's: keep the node
+                node.nlookup = self.fast.drop(ino)
+                if node.nlookup > 0:
+                    self.changed(node)
+                    return
             node.close_fd()
             del self.nodes[ino]
-            if self.fast is not None:
-                self.fast.drop(ino)
 
     def close(self) -> None:
         global _mirrored

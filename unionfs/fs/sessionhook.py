@@ -79,14 +79,18 @@ _keep: list[Any] = []
 
 @dataclass(frozen=True)
 class Slots:
-    """Where fastpath may patch: the live session, and per callback name its slot's
-    address and the pyfuse3 function it holds."""
+    """Where fastpath may patch: the live session, and per callback name the address of
+    its slot in the session's table."""
 
     session: int
-    slots: dict[str, tuple[int, int]]
+    slots: dict[str, int]
+
+    def current(self, name: str) -> int:
+        """The function the slot holds now (pyfuse3's, or this module's trampoline)."""
+        return ctypes.c_void_p.from_address(self.slots[name]).value or 0
 
     def patch(self, name: str, fn: int) -> None:
-        ctypes.c_void_p.from_address(self.slots[name][0]).value = fn
+        ctypes.c_void_p.from_address(self.slots[name]).value = fn
 
 
 located: Slots | None = None
@@ -205,7 +209,6 @@ def _install() -> bool:
         ).value
     global located
     found = {name: slot_of(sym) for name, sym in _FAST.items()}
-    located = Slots(
-        session, {name: (table + 8 * i, slots[i]) for name, i in found.items() if i >= 0}
-    )
+    found["readdirplus"] = readdir_slot  # in front of the trampoline above
+    located = Slots(session, {name: table + 8 * i for name, i in found.items() if i >= 0})
     return True
