@@ -105,7 +105,9 @@ class FastPath:
         within microseconds, and waking the idle thread costs more than that on a VM.
         Once a wait runs out, sleep until a request comes (no spinning while idle)."""
         import trio
-        from trio.testing import wait_all_tasks_blocked
+
+        # trio.testing exports it, but importing that costs ~0.1 s at every mount
+        from trio._core import wait_all_tasks_blocked
 
         fd = os.dup(lib.imgfs_fast_fd())  # trio lets one task wait per fd: pyfuse3 has it
         try:

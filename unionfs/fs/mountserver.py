@@ -51,6 +51,7 @@ PRELOAD = (
     "tempfile",  # daemon.open_index, for a read-only mount
     "unionfs.fs.control",
     "unionfs.fs.daemon",
+    "unionfs.fs.fastpath",
     "unionfs.fs.lifecycle",
     "unionfs.fs.operations",
     "unionfs.index",
