@@ -7,6 +7,7 @@ merged-index lookup is here because it is the FUSE daemon's hot path.
 setuptools runs this via `cffi_modules` in setup.py from the project root.
 """
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -49,23 +50,15 @@ def _fuse3_flags() -> tuple[list[str], list[str]]:
     return includes, [f[2:] for f in flags if f.startswith("-l")]
 
 
+def _prototypes(header: Path) -> str:
+    """A header's declarations for cdef: without comments and preprocessor lines, so the
+    header stays the one place they are written."""
+    text = re.sub(r"/\*.*?\*/", "", header.read_text(), flags=re.DOTALL)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
 fastpath_builder = FFI()
-fastpath_builder.cdef(
-    """
-    int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
-                         long spin_ns, void *lookup, void *getattr, void *forget,
-                         void *forget_multi, void *readdirplus);
-    void *imgfs_fast_callback(int which);
-    int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent);
-    uint64_t imgfs_fast_py_drop(uint64_t ino);
-    int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *nlookup);
-    size_t imgfs_fast_held(uint64_t *out, size_t max);
-    int imgfs_fast_known(uint64_t ino);
-    int imgfs_fast_fd(void);
-    int imgfs_fast_spin(void);
-    void imgfs_fast_stats(uint64_t out[6]);
-    """
-)
+fastpath_builder.cdef(_prototypes(_ROOT / _NATIVE / "fastpath.h"))
 _fuse_includes, _fuse_libs = _fuse3_flags()
 fastpath_builder.set_source(
     "unionfs._fastpath",

@@ -11,7 +11,7 @@ in the upper dir is numbered after its upper inode.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from unionfs.fs.fastpath import FastPath
@@ -23,6 +23,22 @@ DYNAMIC_INO_BASE = 1 << 62
 """Numbers handed out when the stable number is taken by a deleted-but-open inode."""
 _mirrored: NodeTable | None = None
 """The table whose nodes the C fast path mirrors (one per daemon process)."""
+
+
+class _Shown:
+    """A field that decides what a node shows: setting it tells the C fast path (through
+    the mirrored table), so no change of a node's pure-lower state can be missed."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, node: Any, owner: type | None = None) -> Any:
+        return self if node is None else getattr(node, self.slot)
+
+    def __set__(self, node: Node, value: Any) -> None:
+        setattr(node, self.slot, value)
+        if _mirrored is not None:
+            _mirrored.changed(node)
 
 
 class Node:
@@ -63,9 +79,7 @@ class Node:
         self.name = name
         self.is_dir = is_dir
         self._lower = lower
-        """Merged-index id of the lower entry this node shows (0: none, or hidden)."""
         self._upper = upper
-        """The entry exists in the upper dir (at the node's path)."""
         self._opaque = opaque
         self.upper_ino = upper_ino
         """st_ino in the upper dir, to tell a reused upper inode number from this one."""
@@ -92,45 +106,12 @@ class Node:
             f"upper={self._upper}, opaque={self._opaque}, nlookup={self.nlookup})"
         )
 
-    def _changed(self) -> None:
-        if _mirrored is not None:
-            _mirrored.changed(self)
-
-    @property
-    def parent(self) -> Node | None:
-        return self._parent
-
-    @parent.setter
-    def parent(self, value: Node | None) -> None:
-        self._parent = value
-        self._changed()
-
-    @property
-    def lower(self) -> int:
-        return self._lower
-
-    @lower.setter
-    def lower(self, value: int) -> None:
-        self._lower = value
-        self._changed()
-
-    @property
-    def upper(self) -> bool:
-        return self._upper
-
-    @upper.setter
-    def upper(self, value: bool) -> None:
-        self._upper = value
-        self._changed()
-
-    @property
-    def opaque(self) -> bool:
-        return self._opaque
-
-    @opaque.setter
-    def opaque(self, value: bool) -> None:
-        self._opaque = value
-        self._changed()
+    parent = _Shown()
+    lower = _Shown()
+    """Merged-index id of the lower entry this node shows (0: none, or hidden)."""
+    upper = _Shown()
+    """The entry exists in the upper dir (at the node's path)."""
+    opaque = _Shown()
 
     @property
     def pure_lower(self) -> int:
