@@ -63,7 +63,7 @@ _fuse_includes, _fuse_libs = _fuse3_flags()
 fastpath_builder.set_source(
     "unionfs._fastpath",
     '#include "fastpath.h"',
-    sources=[str(_NATIVE / "fastpath.c"), str(_NATIVE / "index.c")],
+    sources=[str(_NATIVE / n) for n in ("fastpath.c", "index.c", "safeopen.c")],
     include_dirs=[str(_NATIVE), *_fuse_includes],
     libraries=_fuse_libs,
     extra_compile_args=["-Wall", "-Wextra", "-O2"],

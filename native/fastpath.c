@@ -12,16 +12,20 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fastpath.h"
 #include "index.h"
 #include "le.h"
+#include "safeopen.h"
 
 #define ENTRY_SIZE 104u
 /* Entry record field offsets (unionfs/index/format.py). */
@@ -35,18 +39,30 @@
 #define E_UID 64
 #define E_GID 68
 #define E_NAME_OFF 48
+#define E_PARENT 56
 #define E_NLINK 72
 #define E_LINK_GROUP 76
 #define E_FIRST_CHILD 80
 #define E_CHILD_COUNT 84
 #define E_NAME_LEN 96
+#define E_LAYER 98
 
 /* FUSE opcodes (linux/fuse.h) of the requests these handlers may answer. */
 #define OP_LOOKUP 1
 #define OP_FORGET 2
 #define OP_GETATTR 3
+#define OP_OPEN 14
+#define OP_READ 15
+#define OP_RELEASE 18
+#define OP_FSYNC 20
+#define OP_GETXATTR 22
 #define OP_BATCH_FORGET 42
 #define OP_READDIRPLUS 44
+
+#define FH_OPENED_HERE (1ULL << 62)
+/* File handles of lower files opened here: the fd, tagged (Python numbers its own from 1). */
+#define MAX_DEPTH 4096
+#define PATH_CAP 65536
 
 #define MAX_BATCH 4096
 /* Requests served in one go before trio gets the thread back. */
@@ -58,6 +74,10 @@ typedef void (*getattr_fn)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
 typedef void (*forget_fn)(fuse_req_t, fuse_ino_t, uint64_t);
 typedef void (*forget_multi_fn)(fuse_req_t, size_t, struct fuse_forget_data *);
 typedef void (*readdir_fn)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
+typedef void (*open_fn)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
+typedef void (*read_fn)(fuse_req_t, fuse_ino_t, size_t, off_t, struct fuse_file_info *);
+typedef void (*fsync_fn)(fuse_req_t, fuse_ino_t, int, struct fuse_file_info *);
+typedef void (*getxattr_fn)(fuse_req_t, fuse_ino_t, const char *, size_t);
 
 struct rec {
     uint64_t ino;     /* 0: empty slot */
@@ -67,6 +87,7 @@ struct rec {
     uint64_t listed;  /* the size of the last whole listing of this directory served here */
     uint32_t ident;   /* the lower entry it shows, if pure (else 0) */
     uint8_t py;       /* Python's NodeTable has it */
+    uint8_t caps;     /* its lower file has security.capability: 0 unknown, 1 no, 2 yes */
 };
 
 static struct {
@@ -81,11 +102,19 @@ static struct {
     forget_fn forget;
     forget_multi_fn forget_multi;
     readdir_fn readdirplus;
+    open_fn open;
+    read_fn read;
+    open_fn release;
+    fsync_fn fsync;
+    getxattr_fn getxattr;
+    int *layer_fds;
+    size_t nlayers;
     struct rec *tab;
     size_t cap, used;
     int serving, passed, off, busy;
     uint8_t *buf, *dirbuf;
-    uint64_t stats[6];
+    char *path;
+    uint64_t stats[7];
 } g;
 
 /* -- the inode map: open addressing, linear probing, backward-shift deletion ---------- */
@@ -285,7 +314,9 @@ static void serve_more(void)
         g.stats[4]++;
         opcode = rd32(g.buf + 4);
         if (opcode != OP_LOOKUP && opcode != OP_GETATTR && opcode != OP_FORGET
-            && opcode != OP_BATCH_FORGET && opcode != OP_READDIRPLUS)
+            && opcode != OP_BATCH_FORGET && opcode != OP_READDIRPLUS && opcode != OP_OPEN
+            && opcode != OP_READ && opcode != OP_RELEASE && opcode != OP_FSYNC
+            && opcode != OP_GETXATTR)
             g.passed = 1; /* pyfuse3's callback runs inside process_buf; stop after it */
         memset(&fb, 0, sizeof(fb));
         fb.size = (size_t)got;
@@ -516,11 +547,180 @@ python:
     g.readdirplus(req, ino, size, off, fi);
 }
 
+/* The entry's path in its layer ("a/b/c", as the merged tree has it: the index merges
+ * layers by path) in g.path; 0 if it does not fit or the index is inconsistent. */
+static int path_of(uint64_t ident)
+{
+    size_t pos = PATH_CAP - 1;
+    int depth;
+
+    g.path[pos] = '\0';
+    for (depth = 0; ident != 1; depth++) {
+        const uint8_t *e = entry(ident);
+        uint16_t len;
+        uint64_t off;
+
+        if (e == NULL || depth >= MAX_DEPTH)
+            return 0;
+        len = rd16(e + E_NAME_LEN);
+        off = rd64(e + E_NAME_OFF);
+        if (len == 0 || off > g.names_len || len > g.names_len - off || (size_t)len + 1 > pos)
+            return 0;
+        if (depth > 0)
+            g.path[--pos] = '/';
+        pos -= len;
+        memcpy(g.path + pos, g.base + g.names_off + off, len);
+        if (memchr(g.path + pos, '/', len) != NULL || memchr(g.path + pos, '\0', len) != NULL)
+            return 0;
+        ident = rd32(e + E_PARENT);
+        if (ident == 0)
+            return 0;
+    }
+    memmove(g.path, g.path + pos, PATH_CAP - pos);
+    return g.path[0] != '\0';
+}
+
+/* A read-only open of a pure lower file: opened here, beneath its layer's dir without
+ * following symlinks (safeopen.c), as operations.open does. */
+static void fast_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct rec *r = find(ino);
+    const uint8_t *e;
+    uint16_t layer;
+    int fd;
+
+    if (g.off || r == NULL || r->ident == 0 || (e = pure_entry(ino, r->ident)) == NULL
+        || !S_ISREG(rd32(e + E_MODE)) || (fi->flags & O_ACCMODE) != O_RDONLY
+        || (fi->flags & O_TRUNC))
+        goto python;
+    layer = rd16(e + E_LAYER);
+    if (layer >= g.nlayers || !path_of(r->ident))
+        goto python;
+    fd = imgfs_open_beneath(g.layer_fds[layer], g.path, O_RDONLY | O_NOFOLLOW, 0);
+    if (fd < 0)
+        goto python; /* Python gives the error (or opens without openat2) */
+    fi->fh = FH_OPENED_HERE | (uint64_t)fd;
+    fi->keep_cache = 1;
+    fi->direct_io = 0;
+    g.stats[6]++;
+    if (fuse_reply_open(req, fi) != 0)
+        close(fd); /* the caller is gone: the kernel sends no release */
+    serve_more();
+    return;
+python:
+    pass_on();
+    g.open(req, ino, fi);
+}
+
+static int opened_here(const struct fuse_file_info *fi)
+{
+    return fi != NULL && (fi->fh & FH_OPENED_HERE) != 0;
+}
+
+static void fast_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                      struct fuse_file_info *fi)
+{
+    ssize_t got;
+
+    if (!opened_here(fi)) {
+        pass_on();
+        g.read(req, ino, size, off, fi);
+        return;
+    }
+    if (size > READ_BUF_SIZE)
+        size = READ_BUF_SIZE;
+    got = pread((int)(fi->fh & ~FH_OPENED_HERE), g.dirbuf, size, off);
+    if (got < 0)
+        fuse_reply_err(req, errno);
+    else
+        fuse_reply_buf(req, (const char *)g.dirbuf, (size_t)got);
+    serve_more();
+}
+
+static void fast_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    if (!opened_here(fi)) {
+        pass_on();
+        g.release(req, ino, fi);
+        return;
+    }
+    close((int)(fi->fh & ~FH_OPENED_HERE));
+    fuse_reply_err(req, 0);
+    serve_more();
+}
+
+static void fast_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    int fd;
+
+    if (!opened_here(fi)) {
+        pass_on();
+        g.fsync(req, ino, datasync, fi);
+        return;
+    }
+    fd = (int)(fi->fh & ~FH_OPENED_HERE);
+    fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) != 0 ? errno : 0);
+}
+
+/* Whether a pure lower file or dir has security.capability (1 no, 2 yes, 0 unknown). */
+static uint8_t lower_caps(const uint8_t *e, uint64_t ident)
+{
+    char proc[64];
+    uint16_t layer = rd16(e + E_LAYER);
+    ssize_t got;
+    int fd;
+
+    if (layer >= g.nlayers || !path_of(ident))
+        return 0;
+    fd = imgfs_open_beneath(g.layer_fds[layer], g.path, O_PATH | O_NOFOLLOW, 0);
+    if (fd < 0)
+        return 0;
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    got = getxattr(proc, "security.capability", NULL, 0);
+    close(fd);
+    if (got >= 0)
+        return 2;
+    return errno == ENODATA ? 1 : 0;
+}
+
+/* The getxattr of security.capability that every exec and every write sends: for a pure
+ * lower file without one, ENODATA (what operations.getxattr answers); anything else,
+ * Python's. */
+static void fast_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    struct rec *r = find(ino);
+    const uint8_t *e;
+    uint32_t mode;
+
+    if (g.off || r == NULL || r->ident == 0 || strcmp(name, "security.capability") != 0
+        || (e = pure_entry(ino, r->ident)) == NULL)
+        goto python;
+    mode = rd32(e + E_MODE);
+    if (!S_ISREG(mode) && !S_ISDIR(mode))
+        goto python;
+    if (r->caps == 0) {
+        uint8_t caps = lower_caps(e, r->ident);
+
+        r = find(ino); /* (no insert since, but keep the habit) */
+        if (r == NULL)
+            goto python;
+        r->caps = caps;
+    }
+    if (r->caps != 1)
+        goto python;
+    fuse_reply_err(req, ENODATA);
+    serve_more();
+    return;
+python:
+    pass_on();
+    g.getxattr(req, ino, name, size);
+}
+
 /* -- Python's side ------------------------------------------------------------------ */
 
 int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
-                     long spin_ns, void *lookup, void *getattr, void *forget,
-                     void *forget_multi, void *readdirplus)
+                     long spin_ns, void *const *originals, const int *layer_fds,
+                     size_t nlayers)
 {
     uint64_t layout[4];
 
@@ -530,6 +730,13 @@ int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double ti
         return -1;
     if (g.dirbuf == NULL && (g.dirbuf = malloc(READ_BUF_SIZE)) == NULL)
         return -1;
+    if (g.path == NULL && (g.path = malloc(PATH_CAP)) == NULL)
+        return -1;
+    free(g.layer_fds);
+    if ((g.layer_fds = calloc(nlayers ? nlayers : 1, sizeof(int))) == NULL)
+        return -1;
+    memcpy(g.layer_fds, layer_fds, nlayers * sizeof(int));
+    g.nlayers = nlayers;
     g.base = base;
     g.len = len;
     g.count = layout[0];
@@ -541,11 +748,16 @@ int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double ti
     g.timeout = timeout;
     g.spin_ns = spin_ns > 999999999 ? 999999999 : spin_ns;
     g.busy = sysconf(_SC_NPROCESSORS_ONLN) > 1;
-    g.lookup = (lookup_fn)lookup;
-    g.getattr = (getattr_fn)getattr;
-    g.forget = (forget_fn)forget;
-    g.forget_multi = (forget_multi_fn)forget_multi;
-    g.readdirplus = (readdir_fn)readdirplus;
+    g.lookup = (lookup_fn)originals[0];
+    g.getattr = (getattr_fn)originals[1];
+    g.forget = (forget_fn)originals[2];
+    g.forget_multi = (forget_multi_fn)originals[3];
+    g.readdirplus = (readdir_fn)originals[4];
+    g.open = (open_fn)originals[5];
+    g.read = (read_fn)originals[6];
+    g.release = (open_fn)originals[7];
+    g.fsync = (fsync_fn)originals[8];
+    g.getxattr = (getxattr_fn)originals[9];
     return 0;
 }
 
@@ -562,6 +774,16 @@ void *imgfs_fast_callback(int which)
         return (void *)fast_forget_multi;
     case 4:
         return (void *)fast_readdirplus;
+    case 5:
+        return (void *)fast_open;
+    case 6:
+        return (void *)fast_read;
+    case 7:
+        return (void *)fast_release;
+    case 8:
+        return (void *)fast_fsync;
+    case 9:
+        return (void *)fast_getxattr;
     default:
         return NULL;
     }
@@ -577,6 +799,8 @@ int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent)
     }
     r->py = 1;
     r->parent = parent;
+    if (ident != r->ident)
+        r->caps = 0;
     r->ident = (ident != 0 && pure_entry(ino, ident) != NULL) ? ident : 0;
     return r->ident != 0;
 }
@@ -641,7 +865,7 @@ int imgfs_fast_known(uint64_t ino)
     return r == NULL ? -1 : r->py ? 0 : 1;
 }
 
-void imgfs_fast_stats(uint64_t out[6])
+void imgfs_fast_stats(uint64_t out[7])
 {
     memcpy(out, g.stats, sizeof(g.stats));
 }

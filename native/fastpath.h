@@ -14,17 +14,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Start answering: the index image, the live session, the entry/attr timeout, and
- * pyfuse3's own callbacks for everything the fast path leaves to Python.  spin_ns: how
- * long to wait for a following request before going back to trio (0: never wait).
- * Returns 0, or -1 if the index header is unusable (nothing changes then). */
+/* Start answering: the index image, the live session, the entry/attr timeout, the
+ * callbacks the session holds now for everything the fast path leaves to Python (in the
+ * order of imgfs_fast_callback's numbers), and the layers' dir fds by index layer number.
+ * spin_ns: how long to wait for a following request before going back to trio (0: never
+ * wait).  Returns 0, or -1 if the index header is unusable (nothing changes then). */
 int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double timeout,
-                     long spin_ns, void *lookup, void *getattr, void *forget,
-                     void *forget_multi, void *readdirplus);
+                     long spin_ns, void *const *originals, const int *layer_fds,
+                     size_t nlayers);
 
 /* The callbacks to put into the session's table. */
 void *imgfs_fast_callback(int which);
-/* 0 lookup, 1 getattr, 2 forget, 3 forget_multi, 4 readdirplus */
+/* 0 lookup, 1 getattr, 2 forget, 3 forget_multi, 4 readdirplus, 5 open, 6 read,
+ * 7 release, 8 fsync (read-only opens of pure lower files are served here whole),
+ * 9 getxattr (security.capability of pure lower files) */
 
 /* Python knows `ino`, in directory `parent`; ident != 0 if it shows lower entry `ident`
  * and nothing else (the entry is checked here: same inode number, not a hard link).
@@ -57,7 +60,7 @@ int imgfs_fast_known(uint64_t ino);
 
 /* Counters: [0] lookups answered, [1] getattrs answered, [2] forgets answered,
  * [3] requests passed to Python by the fast handlers, [4] requests read in C,
- * [5] listings answered. */
-void imgfs_fast_stats(uint64_t out[6]);
+ * [5] listings answered, [6] files opened. */
+void imgfs_fast_stats(uint64_t out[7]);
 
 #endif

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import stat
+import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from mounts import overlay_mount, require_fuse, tree_of
 from conftest import require
 
 FILES = 300
+_CAPS = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)
 
 
 def _layers(tmp: Path) -> list[Path]:
@@ -46,6 +48,9 @@ def _layers(tmp: Path) -> list[Path]:
     os.mkfifo(low1 / "var/fifo")
     os.mknod(low1 / "var/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.setxattr(low1 / "etc/conf.d", "user.note", b"lower")
+    (low1 / "usr/lib/x/capable").write_bytes(b"\x7fELF")
+    # a file capability (VFS_CAP_REVISION_2, effective; CAP_NET_BIND_SERVICE)
+    os.setxattr(low1 / "usr/lib/x/capable", "security.capability", _CAPS)
     os.chmod(low1 / "var/lib", 0o700)
     (low0 / "usr/share/doc").mkdir(parents=True)
     (low0 / "usr/share/doc/added").write_text("upper layer")
@@ -77,6 +82,21 @@ def _stat_paths(root: Path, paths: list[str]) -> dict[str, tuple[int, ...]]:
             st.st_size, st.st_blocks, st.st_blksize,
             st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
         )  # fmt: skip
+    return out
+
+
+def _reads(root: Path, paths: list[str]) -> dict[str, object]:
+    """Each path's content (files) and security.capability (the xattr every exec asks
+    for), or the errno."""
+    out: dict[str, object] = {}
+    for rel in paths:
+        path = root / rel
+        try:
+            caps: object = os.getxattr(path, "security.capability", follow_symlinks=False)
+        except OSError as e:
+            caps = e.errno
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        out[rel] = (caps, data)
     return out
 
 
@@ -122,6 +142,10 @@ def test_c_answers_as_python_does(tmp_path: Path) -> None:
         # getattrs of directories (their atime is stale after a readdir)
         assert _stat_paths(fast, _paths(fast)) == _stat_paths(slow, _paths(slow))
         assert _stat_paths(fast, paths) == first
+        # opens, reads and security.capability of lower files (C) against Python's
+        _forget_all()
+        assert _reads(fast, paths) == _reads(slow, paths)
+        assert _reads(fast, paths)["usr/lib/x/capable"][0] == _CAPS
     counts = _counters(stats)
     assert not no_stats.exists()  # IMGFS_FASTPATH=0: nothing installed (the daemons stop
     # at once, and the other one has written its file)
@@ -129,6 +153,7 @@ def test_c_answers_as_python_does(tmp_path: Path) -> None:
     assert counts["getattrs"] > 0, counts
     assert counts["forgets"] > 0, counts
     assert counts["listings"] > 0, counts
+    assert counts["opens"] > FILES // 2, counts
 
 
 def _rename_dir(m: Path) -> None:

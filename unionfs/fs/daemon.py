@@ -115,7 +115,7 @@ def _install_fastpath(ops: Any) -> Any:
 
     if not fastpath.wanted():
         return None
-    fast = fastpath.install(ops.table, ops.index, TIMEOUT)
+    fast = fastpath.install(ops.table, ops.index, TIMEOUT, ops.layers.fds)
     if fast is None:
         log.warning("C fast path not installed: every lookup goes through Python")
     return fast

@@ -3,10 +3,14 @@
 Profiles of cold `stat` walks put the daemon's cost at ~50 us per request, almost all of
 it pyfuse3 and trio (a task switch, a coroutine, the handler), for an answer that is one
 hash probe in the mmapped merged index. The C handlers go in front of pyfuse3's LOOKUP,
-GETATTR, FORGET, BATCH_FORGET and READDIRPLUS callbacks in the live session (the slots
-sessionhook finds) and answer whatever needs nothing but the index: a name in a
-directory that only the lower layers hold, the attributes of such an entry, a whole
-listing of such a directory, the forgetting of what the C side handed out. Everything
+GETATTR, FORGET, BATCH_FORGET, READDIRPLUS, OPEN, READ, RELEASE and FSYNC callbacks in
+the live session (the slots sessionhook finds) and answer whatever needs nothing but the
+index: a name in a directory that only the lower layers hold, the attributes of such an
+entry, a whole listing of such a directory, the forgetting of what the C side handed
+out, and read-only opens of such files (opened beneath their layer's dir, as
+operations.open does; the C side then reads and closes them, its file handles tagged so
+that Python's are never mistaken for them), and the getxattr of security.capability that
+every exec sends, for such a file that has none. Everything
 else goes to pyfuse3's own callback, unchanged. After an answer
 the C side waits up to SPIN_NS for the next request and serves it too, so a burst of
 lookups never goes through trio at all.
@@ -47,9 +51,14 @@ SPIN_ENV = "IMGFS_FASTPATH_SPIN_US"
 SPIN_US = 200
 """How long the C side waits for a following request before handing the thread back to
 trio: a process walking paths sends its next lookup within a few microseconds."""
-_CALLBACKS = ("lookup", "getattr", "forget", "forget_multi", "readdirplus")
+_CALLBACKS = (
+    "lookup", "getattr", "forget", "forget_multi", "readdirplus", "open", "read", "release",
+    "fsync", "getxattr",
+)  # fmt: skip
 """In the order of imgfs_fast_callback's numbers."""
-_STAT_NAMES = ("lookups", "getattrs", "forgets", "passed_to_python", "read_in_c", "listings")
+_STAT_NAMES = (
+    "lookups", "getattrs", "forgets", "passed_to_python", "read_in_c", "listings", "opens",
+)  # fmt: skip
 
 
 def wanted() -> bool:
@@ -95,7 +104,7 @@ class FastPath:
         return table.add(node)
 
     def stats(self) -> dict[str, int]:
-        out = ffi.new("uint64_t[6]")
+        out = ffi.new("uint64_t[7]")
         lib.imgfs_fast_stats(out)
         return dict(zip(_STAT_NAMES, (int(v) for v in out), strict=True))
 
@@ -134,7 +143,7 @@ def _spin_ns() -> int:
         return SPIN_US * 1000
 
 
-def install(table: NodeTable, index: Any, timeout: float) -> FastPath | None:
+def install(table: NodeTable, index: Any, timeout: float, layer_fds: list[int]) -> FastPath | None:
     """Put the C handlers into the live session (after sessionhook.install) and mirror
     `table` into them; None, nothing changed, if they cannot be used."""
     slots = sessionhook.located
@@ -143,9 +152,13 @@ def install(table: NodeTable, index: Any, timeout: float) -> FastPath | None:
     if len(index) == 0 or getattr(index, "mapping", None) is None:
         return None
     fast = FastPath(index)
-    originals = [ffi.cast("void *", slots.current(name)) for name in _CALLBACKS]
+    originals = ffi.new("void *[]", [ffi.cast("void *", slots.current(n)) for n in _CALLBACKS])
     session = ffi.cast("void *", slots.session)
-    if lib.imgfs_fast_setup(fast._buf, len(fast._buf), session, timeout, _spin_ns(), *originals):
+    fds = ffi.new("int[]", layer_fds or [-1])
+    spin = _spin_ns()
+    if lib.imgfs_fast_setup(
+        fast._buf, len(fast._buf), session, timeout, spin, originals, fds, len(layer_fds)
+    ):
         log.warning("merged index not usable by the C fast path")
         ffi.release(fast._buf)
         return None

@@ -54,6 +54,11 @@ _FAST = {
     "getattr": "__pyx_f_7pyfuse3_fuse_getattr",
     "forget": "__pyx_f_7pyfuse3_fuse_forget",
     "forget_multi": "__pyx_f_7pyfuse3_fuse_forget_multi",
+    "open": "__pyx_f_7pyfuse3_fuse_open",
+    "read": "__pyx_f_7pyfuse3_fuse_read",
+    "release": "__pyx_f_7pyfuse3_fuse_release",
+    "fsync": "__pyx_f_7pyfuse3_fuse_fsync",
+    "getxattr": "__pyx_f_7pyfuse3_fuse_getxattr",
 }
 """pyfuse3's callbacks that fs/fastpath.py may put its C handlers in front of."""
 _REQUIRED = frozenset({_SESSION, _OPS, _ANCHOR, _READDIRPLUS, _FSYNCDIR, _INIT})
