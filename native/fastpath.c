@@ -848,16 +848,6 @@ size_t imgfs_fast_held(uint64_t *out, size_t max)
     return n;
 }
 
-int imgfs_fast_fd(void)
-{
-    return g.se != NULL ? g.fd : -1;
-}
-
-int imgfs_fast_spin(void)
-{
-    return g.se != NULL && g.busy && g.spin_ns > 0 && await_request();
-}
-
 int imgfs_fast_known(uint64_t ino)
 {
     struct rec *r = find(ino);

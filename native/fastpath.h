@@ -47,14 +47,6 @@ int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *n
 /* Up to `max` inodes held here (not by Python) into out; returns how many there are. */
 size_t imgfs_fast_held(uint64_t *out, size_t max);
 
-/* The session's /dev/fuse fd (-1 before setup). */
-int imgfs_fast_fd(void);
-
-/* Busy-poll the fd for up to spin_ns, as after a C answer; 1 if a request is waiting.
- * 0 at once when busy-polling is off (one CPU) or spin_ns is 0.  cffi releases the GIL
- * around the call, so Python threads (large copy-ups) go on meanwhile. */
-int imgfs_fast_spin(void);
-
 /* -1: `ino` is not in the map; 0: Python holds it; 1: this code does (tests). */
 int imgfs_fast_known(uint64_t ino);
 

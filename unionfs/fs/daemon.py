@@ -126,8 +126,6 @@ async def _main(spec: MountSpec, ops: Any) -> None:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         if spec.control and spec.upper_dir is not None and not spec.read_only:
             nursery.start_soon(serve_control, spec.upper_dir, ops.gate)
-        if ops.table.fast is not None:
-            nursery.start_soon(ops.table.fast.spin_between_requests)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

@@ -1,19 +1,18 @@
-"""The daemon's C fast path (native/fastpath.c): lookups of lower entries without Python.
+"""The daemon's C fast path (native/fastpath.c): what lower entries need, without Python.
 
 Profiles of cold `stat` walks put the daemon's cost at ~50 us per request, almost all of
 it pyfuse3 and trio (a task switch, a coroutine, the handler), for an answer that is one
 hash probe in the mmapped merged index. The C handlers go in front of pyfuse3's LOOKUP,
-GETATTR, FORGET, BATCH_FORGET, READDIRPLUS, OPEN, READ, RELEASE and FSYNC callbacks in
-the live session (the slots sessionhook finds) and answer whatever needs nothing but the
-index: a name in a directory that only the lower layers hold, the attributes of such an
-entry, a whole listing of such a directory, the forgetting of what the C side handed
-out, and read-only opens of such files (opened beneath their layer's dir, as
-operations.open does; the C side then reads and closes them, its file handles tagged so
-that Python's are never mistaken for them), and the getxattr of security.capability that
-every exec sends, for such a file that has none. Everything
-else goes to pyfuse3's own callback, unchanged. After an answer
-the C side waits up to SPIN_NS for the next request and serves it too, so a burst of
-lookups never goes through trio at all.
+GETATTR, FORGET, BATCH_FORGET, READDIRPLUS, OPEN, READ, RELEASE, FSYNC and GETXATTR
+callbacks in the live session (the slots sessionhook finds) and answer what concerns only
+entries the lower layers alone hold: a name in such a directory, an entry's attributes, a
+whole listing that fits one reply, the forgetting of what the C side handed out, a
+read-only open (beneath the layer's dir, as operations.open does; the C side then reads
+and closes the file, its file handles tagged so that Python's are never taken for them),
+and the security.capability probe of every exec. Everything else goes to pyfuse3's own
+callback, unchanged. After an answer the C side busy-polls for the next request for up to
+IMGFS_FASTPATH_SPIN_US and serves it too, so a burst of lookups never goes through trio
+(waking an idle virtual CPU costs more than the answer).
 
 Python stays the authority: NodeTable mirrors into the C map which inodes it holds and
 which of them are pure lower entries (`Node.pure_lower`), and adopts, as an ordinary
@@ -107,27 +106,6 @@ class FastPath:
         out = ffi.new("uint64_t[7]")
         lib.imgfs_fast_stats(out)
         return dict(zip(_STAT_NAMES, (int(v) for v in out), strict=True))
-
-    async def spin_between_requests(self) -> None:
-        """Busy-poll for the next request whenever every task is idle, as the C side does
-        after its own answers: a request Python answers is followed by the next one
-        within microseconds, and waking the idle thread costs more than that on a VM.
-        Once a wait runs out, sleep until a request comes (no spinning while idle)."""
-        import trio
-
-        # trio.testing exports it, but importing that costs ~0.1 s at every mount
-        from trio._core import wait_all_tasks_blocked
-
-        fd = os.dup(lib.imgfs_fast_fd())  # trio lets one task wait per fd: pyfuse3 has it
-        try:
-            while True:
-                await wait_all_tasks_blocked()
-                if lib.imgfs_fast_spin():
-                    await trio.lowlevel.checkpoint()
-                else:
-                    await trio.lowlevel.wait_readable(fd)
-        finally:
-            os.close(fd)
 
     def close(self) -> None:
         path = os.environ.get(STATS_ENV)
