@@ -1,13 +1,16 @@
-/* The daemon's C fast path: LOOKUP, GETATTR and FORGET of entries that only the lower
- * layers hold, answered from the mmapped merged index without entering Python
- * (unionfs/fs/fastpath.py installs it; every other request goes to pyfuse3 as before).
+/* The daemon's C fast path: requests about entries that only the lower layers hold
+ * (lookups, attributes, listings, forgets, read-only opens and their reads, the
+ * security.capability probe), answered from the mmapped merged index without entering
+ * Python (unionfs/fs/fastpath.py installs it; every other request goes to pyfuse3 as
+ * before).
  *
- * The map below holds every inode Python's NodeTable knows ("py": Python answers for it;
- * "ident" is set when it is a pure lower entry, so GETATTR and LOOKUP in it can still be
- * answered here) and every inode only this code has handed to the kernel (its lookup
- * count is kept here until Python adopts it with imgfs_fast_take).  All of it runs on
- * the daemon's one trio thread, inside pyfuse3's fuse_session_process_buf calls or in
- * cffi calls from Python: no locking. */
+ * The map holds every inode Python's NodeTable knows ("py"; "ident" set when it is a pure
+ * lower entry, so requests about it and lookups in it can still be answered here) and
+ * every inode only this code has handed to the kernel.  For each it counts the lookups
+ * handed out here; a FORGET takes from that count first, Python adopts an inode only this
+ * code holds with imgfs_fast_take, and gets the count of one it holds when its own count
+ * runs out (imgfs_fast_py_drop).  All of it runs on the daemon's one trio thread, inside
+ * pyfuse3's fuse_session_process_buf calls or in cffi calls from Python: no locking. */
 #ifndef IMGFS_FASTPATH_H
 #define IMGFS_FASTPATH_H
 
