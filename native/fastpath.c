@@ -88,6 +88,7 @@ struct rec {
     uint32_t ident;   /* the lower entry it shows, if pure (else 0) */
     uint8_t py;       /* Python's NodeTable has it */
     uint8_t caps;     /* its lower file has security.capability: 0 unknown, 1 no, 2 yes */
+    uint8_t no_caps;  /* Python knows its upper file has no security.capability */
 };
 
 static struct {
@@ -683,17 +684,23 @@ static uint8_t lower_caps(const uint8_t *e, uint64_t ident)
     return errno == ENODATA ? 1 : 0;
 }
 
-/* The getxattr of security.capability that every exec and every write sends: for a pure
- * lower file without one, ENODATA (what operations.getxattr answers); anything else,
- * Python's. */
+/* The getxattr of security.capability that every exec, write and chown sends: ENODATA
+ * (what operations.getxattr answers) for a pure lower file without one, and for an upper
+ * file whose xattrs Python knows to lack it (Node.no_caps); anything else, Python's. */
 static void fast_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
     struct rec *r = find(ino);
     const uint8_t *e;
     uint32_t mode;
 
-    if (g.off || r == NULL || r->ident == 0 || strcmp(name, "security.capability") != 0
-        || (e = pure_entry(ino, r->ident)) == NULL)
+    if (g.off || r == NULL || strcmp(name, "security.capability") != 0)
+        goto python;
+    if (r->py && r->no_caps) { /* an upper file Python knows all the xattrs of */
+        fuse_reply_err(req, ENODATA);
+        serve_more();
+        return;
+    }
+    if (r->ident == 0 || (e = pure_entry(ino, r->ident)) == NULL)
         goto python;
     mode = rd32(e + E_MODE);
     if (!S_ISREG(mode) && !S_ISDIR(mode))
@@ -789,7 +796,7 @@ void *imgfs_fast_callback(int which)
     }
 }
 
-int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent)
+int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent, int no_caps)
 {
     struct rec *r = find(ino);
 
@@ -799,6 +806,7 @@ int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent)
     }
     r->py = 1;
     r->parent = parent;
+    r->no_caps = no_caps != 0;
     if (ident != r->ident)
         r->caps = 0;
     r->ident = (ident != 0 && pure_entry(ino, ident) != NULL) ? ident : 0;

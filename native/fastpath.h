@@ -30,13 +30,14 @@ int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double ti
 void *imgfs_fast_callback(int which);
 /* 0 lookup, 1 getattr, 2 forget, 3 forget_multi, 4 readdirplus, 5 open, 6 read,
  * 7 release, 8 fsync (read-only opens of pure lower files are served here whole),
- * 9 getxattr (security.capability of pure lower files) */
+ * 9 getxattr (security.capability of pure lower files, and of upper files Python knows) */
 
 /* Python knows `ino`, in directory `parent`; ident != 0 if it shows lower entry `ident`
- * and nothing else (the entry is checked here: same inode number, not a hard link).
+ * and nothing else (the entry is checked here: same inode number, not a hard link);
+ * no_caps if it is an upper file Python knows to have no security.capability.
  * Returns 1 if it counts as pure.  This code may still hand out lookups of a pure inode
  * Python holds (counted here, forgotten here first). */
-int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent);
+int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent, int no_caps);
 
 /* Python's own lookup count of `ino` reached 0: returns the lookups this code handed out
  * that the kernel still holds (Python keeps the node with that count), or 0 (then the

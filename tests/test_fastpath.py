@@ -9,6 +9,7 @@ whiteouts, renames, new entries below them) and after the kernel forgot them.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -246,7 +247,7 @@ def test_inode_map_keeps_every_inode_through_deletions() -> None:
     for _ in range(20000):
         ino = base + rng.randrange(3000)
         if rng.random() < 0.6:
-            lib.imgfs_fast_py_set(ino, 0, 0)
+            lib.imgfs_fast_py_set(ino, 0, 0, 0)
             model.add(ino)
         else:
             lib.imgfs_fast_py_drop(ino)
@@ -256,3 +257,36 @@ def test_inode_map_keeps_every_inode_through_deletions() -> None:
     for ino in model:
         lib.imgfs_fast_py_drop(ino)
     assert all(lib.imgfs_fast_known(base + i) == -1 for i in range(3000))
+
+
+def test_capability_probe_of_upper_files_follows_their_xattrs(tmp_path: Path) -> None:
+    """The C side answers ENODATA for security.capability of an upper file whose xattrs
+    Python knows; setting, removing or a chown must reach it at once."""
+    require_fuse()
+    lowers = _layers(tmp_path)
+
+    def caps(path: Path) -> object:
+        try:
+            return os.getxattr(path, "security.capability", follow_symlinks=False)
+        except OSError as e:
+            return e.errno
+
+    with _imgfs(lowers, tmp_path, "c", fast=True) as (mnt, _):
+        new = mnt / "usr/lib/x/new"
+        new.write_bytes(b"data")
+        copied = _first(mnt / "usr/lib/x")
+        with open(copied, "ab") as f:  # a copy-up: Python knows the copy's xattrs
+            f.write(b"more")
+        for path in (new, copied):
+            assert caps(path) == errno.ENODATA
+            os.setxattr(path, "security.capability", _CAPS)
+            assert caps(path) == _CAPS
+            os.removexattr(path, "security.capability")
+            assert caps(path) == errno.ENODATA
+            os.setxattr(path, "security.capability", _CAPS)
+            os.chown(path, 1, 1)  # the kernel drops the capability with the owner
+            assert caps(path) == errno.ENODATA
+            with open(path, "ab") as f:
+                f.write(b"x")
+            assert caps(path) == errno.ENODATA
+        assert caps(mnt / "usr/lib/x/capable") == _CAPS  # lower, never copied up

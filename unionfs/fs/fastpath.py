@@ -78,8 +78,8 @@ class FastPath:
         self._parent = ffi.new("uint64_t *")
         self._nlookup = ffi.new("uint64_t *")
 
-    def set(self, ino: int, ident: int, parent: int) -> None:
-        lib.imgfs_fast_py_set(ino, ident if 0 < ident <= 0xFFFF_FFFF else 0, parent)
+    def set(self, ino: int, ident: int, parent: int, no_caps: bool) -> None:
+        lib.imgfs_fast_py_set(ino, ident if 0 < ident <= 0xFFFF_FFFF else 0, parent, no_caps)
 
     def drop(self, ino: int) -> int:
         """Python's count of `ino` reached 0: the lookups the C side still has of it."""

@@ -21,6 +21,7 @@ UPPER_INO_BASE = 1 << 48
 """Upper-only entries: UPPER_INO_BASE + upper st_ino (kept below 2**63)."""
 DYNAMIC_INO_BASE = 1 << 62
 """Numbers handed out when the stable number is taken by a deleted-but-open inode."""
+CAPS_XATTR = b"security.capability"
 _mirrored: NodeTable | None = None
 """The table whose nodes the C fast path mirrors (one per daemon process)."""
 
@@ -50,6 +51,7 @@ class Node:
         "_opaque",
         "_parent",
         "_upper",
+        "_xattrs",
         "default_acl",
         "extra_links",
         "ino",
@@ -59,7 +61,6 @@ class Node:
         "nlookup",
         "ufd",
         "upper_ino",
-        "xattrs",
     )  # fmt: skip
 
     def __init__(
@@ -91,11 +92,7 @@ class Node:
         """Further names of a hard-linked file (the first is parent/name)."""
         self.ufd = -1
         """O_PATH fd of this directory in the upper dir, opened on demand."""
-        self.xattrs: frozenset[bytes] | None = None
-        """Names of the upper entry's xattrs, when this daemon knows them (it copied the
-        file up, and has set or removed none since): getxattr of any other name is ENODATA
-        without a syscall (`ls -l` asks for security.selinux, every write for
-        security.capability)."""
+        self._xattrs: frozenset[bytes] | None = None
         self.default_acl: bool | None = None
         """Whether this upper directory has a default ACL, once looked at (every creation
         in it asks); forgotten with `xattrs`."""
@@ -112,6 +109,16 @@ class Node:
     upper = _Shown()
     """The entry exists in the upper dir (at the node's path)."""
     opaque = _Shown()
+    xattrs = _Shown()
+    """Names of the upper entry's xattrs, when this daemon knows them (it copied the file
+    up or made it, and has set or removed none since): getxattr of any other name is
+    ENODATA without a syscall (`ls -l` asks for security.selinux, every write and chown
+    for security.capability; the C fast path answers the latter, see `no_caps`)."""
+
+    @property
+    def no_caps(self) -> bool:
+        """Known to be an upper entry without security.capability (see `xattrs`)."""
+        return self._upper and self._xattrs is not None and CAPS_XATTR not in self._xattrs
 
     @property
     def pure_lower(self) -> int:
@@ -203,7 +210,8 @@ class NodeTable:
     def changed(self, node: Node) -> None:
         if self.fast is not None and self.nodes.get(node.ino) is node:
             parent = node.parent
-            self.fast.set(node.ino, node.pure_lower, parent.ino if parent is not None else 0)
+            pino = parent.ino if parent is not None else 0
+            self.fast.set(node.ino, node.pure_lower, pino, node.no_caps)
 
     def dynamic_ino(self) -> int:
         self._next_dynamic += 1
