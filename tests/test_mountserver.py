@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,17 @@ def unmount(mnt: Path) -> None:
     assert not is_mounted(mnt)
 
 
+@contextmanager
+def served(env: dict[str, str], opts: str, mnt: Path) -> Iterator[str]:
+    """imgfs-overlay mounted at `mnt` (it must succeed); yields its stderr, then unmounts."""
+    result = overlay(env, "-o", opts, str(mnt))
+    assert result.returncode == 0, result.stderr
+    try:
+        yield result.stderr
+    finally:
+        unmount(mnt)
+
+
 def test_mounts_are_served_by_children_of_one_server(
     tmp_path: Path,
     mountpoint: MakeMountpoint,  # noqa: F811
@@ -109,9 +121,8 @@ def test_mounts_are_served_by_children_of_one_server(
     require_fuse()
     opts = layer_opts(tmp_path)
     first, second = mountpoint("first"), mountpoint("second")
-    result = overlay(server_env, "-o", opts, str(first))
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    try:
+    with served(server_env, opts, first) as stderr:
+        assert stderr == ""
         server = server_pid(server_env)
         assert server is not None
         daemon = fuse_daemon(first)
@@ -120,19 +131,13 @@ def test_mounts_are_served_by_children_of_one_server(
         (first / "new").write_text("new\n")
         # It shows its client's command line, as a daemon forked by the client did.
         assert any(b"imgfs-overlay" in a for a in cmdline(daemon))
-    finally:
-        unmount(first)
     wait_until(lambda: not pid_alive(daemon))
     assert (tmp_path / "upper" / "new").read_text() == "new\n"
     # The same server serves the next mount.
-    result = overlay(server_env, "-o", opts, str(second))
-    assert result.returncode == 0, result.stderr
-    try:
+    with served(server_env, opts, second):
         assert server_pid(server_env) == server
         assert ppid(fuse_daemon(second)) == server
         assert (second / "new").read_text() == "new\n"
-    finally:
-        unmount(second)
     assert pid_alive(server)
 
 
@@ -144,14 +149,10 @@ def test_disabled_server_forks_from_the_caller(
     require_fuse()
     mnt = mountpoint()
     env = dict(server_env, **{mountclient.ENABLE_ENV: "0"})
-    result = overlay(env, "-o", layer_opts(tmp_path), str(mnt))
-    assert result.returncode == 0, result.stderr
-    try:
+    with served(env, layer_opts(tmp_path), mnt):
         assert (mnt / "a").read_text() == "bottom a\n"
         assert server_pid(env) is None  # none was started
         assert ppid(fuse_daemon(mnt)) != os.getpid()
-    finally:
-        unmount(mnt)
 
 
 def test_another_mount_namespace_is_refused_and_mounts_by_itself(
@@ -209,16 +210,12 @@ def test_server_exits_when_idle(
     require_fuse()
     env = dict(server_env, **{mountclient.IDLE_ENV: "1"})
     mnt = mountpoint()
-    result = overlay(env, "-o", layer_opts(tmp_path), str(mnt))
-    assert result.returncode == 0, result.stderr
-    try:
+    with served(env, layer_opts(tmp_path), mnt):
         daemon = fuse_daemon(mnt)
         server = ppid(daemon)
         wait_until(lambda: not pid_alive(server), timeout=20)
         # Its daemon outlives it: the mount still works.
         assert pid_alive(daemon) and (mnt / "a").read_text() == "bottom a\n"
-    finally:
-        unmount(mnt)
 
 
 def test_errors_are_the_same_one_line_errors(
@@ -236,8 +233,7 @@ def test_errors_are_the_same_one_line_errors(
         assert result.stderr.strip().splitlines() == [
             f"imgfs-overlay: lowerdir {tmp_path / 'nope'} does not exist"
         ]
-    assert overlay(server_env, "-o", opts, str(mnt)).returncode == 0
-    try:
+    with served(server_env, opts, mnt):
         messages = []
         for enable in ("1", "0"):
             env = dict(server_env, **{mountclient.ENABLE_ENV: enable})
@@ -247,8 +243,6 @@ def test_errors_are_the_same_one_line_errors(
         assert messages[0] == messages[1]
         [line] = messages[0].strip().splitlines()
         assert line == f"imgfs-overlay: {mnt} is already an imgfs mount (imgfs-overlay)"
-    finally:
-        unmount(mnt)
 
 
 @pytest.mark.parametrize("pid_first", [True, False])
