@@ -35,11 +35,11 @@
 #define E_MTIME 24
 #define E_CTIME 32
 #define E_BLOCKS 40
+#define E_NAME_OFF 48
+#define E_PARENT 56
 #define E_MODE 60
 #define E_UID 64
 #define E_GID 68
-#define E_NAME_OFF 48
-#define E_PARENT 56
 #define E_NLINK 72
 #define E_LINK_GROUP 76
 #define E_FIRST_CHILD 80
@@ -113,7 +113,7 @@ static struct {
     struct rec *tab;
     size_t cap, used;
     int serving, passed, off, busy;
-    uint8_t *buf, *dirbuf;
+    uint8_t *buf, *reply; /* a request read here; a READ or READDIRPLUS reply */
     char *path;
     uint64_t stats[7];
 } g;
@@ -226,17 +226,20 @@ static void set_time(struct timespec *ts, int64_t ns)
     ts->tv_nsec = rem;
 }
 
-/* The entry's name as a C string in out (room for UINT16_MAX + 1); 0 if it is out of
- * bounds or not a file name. */
-static int name_of(const uint8_t *e, char *out, uint16_t len)
+/* Where the entry's name is in the image (*len bytes), or NULL if it is out of bounds,
+ * empty, or not a file name (a '/' or NUL in it): the image is not trusted. */
+static const char *name_in(const uint8_t *e, uint16_t *len)
 {
     uint64_t off = rd64(e + E_NAME_OFF);
+    const char *name;
 
-    if (len == 0 || off > g.names_len || len > g.names_len - off)
-        return 0;
-    memcpy(out, g.base + g.names_off + off, len);
-    out[len] = '\0';
-    return memchr(out, '/', len) == NULL && strlen(out) == len;
+    *len = rd16(e + E_NAME_LEN);
+    if (*len == 0 || off > g.names_len || *len > g.names_len - off)
+        return NULL;
+    name = (const char *)g.base + g.names_off + off;
+    if (memchr(name, '/', *len) != NULL || memchr(name, '\0', *len) != NULL)
+        return NULL;
+    return name;
 }
 
 /* What operations._attrs gives for a lower node. */
@@ -454,7 +457,7 @@ static void fast_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_d
 static int add_entry(fuse_req_t req, size_t size, size_t *pos, const char *name,
                      const uint8_t *e, uint64_t ino, off_t next)
 {
-    char *buf = (char *)g.dirbuf;
+    char *buf = (char *)g.reply;
     struct fuse_entry_param ep;
     size_t need;
 
@@ -507,13 +510,15 @@ static void fast_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t 
     for (i = 0; i < count; i++) {
         uint64_t id = first + i, cino;
         struct rec *c;
+        const char *src;
         uint16_t len;
 
         ce = entry(id);
         cino = rd32(ce + E_LINK_GROUP);
-        len = rd16(ce + E_NAME_LEN);
-        if (pure_entry(cino, id) == NULL || !name_of(ce, name, len))
+        if (pure_entry(cino, id) == NULL || (src = name_in(ce, &len)) == NULL)
             goto python;
+        memcpy(name, src, len);
+        name[len] = '\0';
         c = find(cino);
         if (c != NULL && c->ident != id)
             goto python;
@@ -540,7 +545,7 @@ static void fast_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t 
     if (r != NULL)
         r->listed = count + 2;
     g.stats[5]++;
-    fuse_reply_buf(req, (const char *)g.dirbuf, pos);
+    fuse_reply_buf(req, (const char *)g.reply, pos);
     serve_more();
     return;
 python:
@@ -558,21 +563,16 @@ static int path_of(uint64_t ident)
     g.path[pos] = '\0';
     for (depth = 0; ident != 1; depth++) {
         const uint8_t *e = entry(ident);
+        const char *name;
         uint16_t len;
-        uint64_t off;
 
-        if (e == NULL || depth >= MAX_DEPTH)
-            return 0;
-        len = rd16(e + E_NAME_LEN);
-        off = rd64(e + E_NAME_OFF);
-        if (len == 0 || off > g.names_len || len > g.names_len - off || (size_t)len + 1 > pos)
+        if (e == NULL || depth >= MAX_DEPTH || (name = name_in(e, &len)) == NULL
+            || (size_t)len + 1 > pos)
             return 0;
         if (depth > 0)
             g.path[--pos] = '/';
         pos -= len;
-        memcpy(g.path + pos, g.base + g.names_off + off, len);
-        if (memchr(g.path + pos, '/', len) != NULL || memchr(g.path + pos, '\0', len) != NULL)
-            return 0;
+        memcpy(g.path + pos, name, len);
         ident = rd32(e + E_PARENT);
         if (ident == 0)
             return 0;
@@ -630,11 +630,11 @@ static void fast_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     }
     if (size > READ_BUF_SIZE)
         size = READ_BUF_SIZE;
-    got = pread((int)(fi->fh & ~FH_OPENED_HERE), g.dirbuf, size, off);
+    got = pread((int)(fi->fh & ~FH_OPENED_HERE), g.reply, size, off);
     if (got < 0)
         fuse_reply_err(req, errno);
     else
-        fuse_reply_buf(req, (const char *)g.dirbuf, (size_t)got);
+        fuse_reply_buf(req, (const char *)g.reply, (size_t)got);
     serve_more();
 }
 
@@ -705,14 +705,8 @@ static void fast_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
     mode = rd32(e + E_MODE);
     if (!S_ISREG(mode) && !S_ISDIR(mode))
         goto python;
-    if (r->caps == 0) {
-        uint8_t caps = lower_caps(e, r->ident);
-
-        r = find(ino); /* (no insert since, but keep the habit) */
-        if (r == NULL)
-            goto python;
-        r->caps = caps;
-    }
+    if (r->caps == 0)
+        r->caps = lower_caps(e, r->ident);
     if (r->caps != 1)
         goto python;
     fuse_reply_err(req, ENODATA);
@@ -735,7 +729,7 @@ int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double ti
         return -1;
     if (g.buf == NULL && (g.buf = malloc(READ_BUF_SIZE)) == NULL)
         return -1;
-    if (g.dirbuf == NULL && (g.dirbuf = malloc(READ_BUF_SIZE)) == NULL)
+    if (g.reply == NULL && (g.reply = malloc(READ_BUF_SIZE)) == NULL)
         return -1;
     if (g.path == NULL && (g.path = malloc(PATH_CAP)) == NULL)
         return -1;
@@ -770,30 +764,16 @@ int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double ti
 
 void *imgfs_fast_callback(int which)
 {
-    switch (which) {
-    case 0:
-        return (void *)fast_lookup;
-    case 1:
-        return (void *)fast_getattr;
-    case 2:
-        return (void *)fast_forget;
-    case 3:
-        return (void *)fast_forget_multi;
-    case 4:
-        return (void *)fast_readdirplus;
-    case 5:
-        return (void *)fast_open;
-    case 6:
-        return (void *)fast_read;
-    case 7:
-        return (void *)fast_release;
-    case 8:
-        return (void *)fast_fsync;
-    case 9:
-        return (void *)fast_getxattr;
-    default:
+    static void *const callbacks[] = {
+        (void *)fast_lookup,      (void *)fast_getattr, (void *)fast_forget,
+        (void *)fast_forget_multi, (void *)fast_readdirplus, (void *)fast_open,
+        (void *)fast_read,        (void *)fast_release, (void *)fast_fsync,
+        (void *)fast_getxattr,
+    };
+
+    if (which < 0 || (size_t)which >= sizeof(callbacks) / sizeof(callbacks[0]))
         return NULL;
-    }
+    return callbacks[which];
 }
 
 int imgfs_fast_py_set(uint64_t ino, uint32_t ident, uint64_t parent, int no_caps)

@@ -35,6 +35,7 @@ from typing import Any
 
 from unionfs.fs import sessionhook
 from unionfs.fs.nodes import Node, NodeTable
+from unionfs.index.lookup import HAVE_NATIVE
 
 try:
     from unionfs._fastpath import ffi, lib
@@ -61,11 +62,8 @@ _STAT_NAMES = (
 
 
 def wanted() -> bool:
-    return (
-        lib is not None
-        and os.environ.get(ENABLE_ENV, "1") != "0"
-        and os.environ.get("IMGFS_NO_NATIVE", "") in ("", "0")
-    )
+    """Built, not turned off, and native code in use (IMGFS_NO_NATIVE, read by the index)."""
+    return lib is not None and HAVE_NATIVE and os.environ.get(ENABLE_ENV, "1") != "0"
 
 
 class FastPath:
@@ -103,7 +101,7 @@ class FastPath:
         return table.add(node)
 
     def stats(self) -> dict[str, int]:
-        out = ffi.new("uint64_t[7]")
+        out = ffi.new("uint64_t[]", len(_STAT_NAMES))
         lib.imgfs_fast_stats(out)
         return dict(zip(_STAT_NAMES, (int(v) for v in out), strict=True))
 
@@ -127,7 +125,7 @@ def install(table: NodeTable, index: Any, timeout: float, layer_fds: list[int]) 
     slots = sessionhook.located
     if slots is None or not all(name in slots.slots for name in _CALLBACKS):
         return None
-    if len(index) == 0 or getattr(index, "mapping", None) is None:
+    if len(index) == 0:
         return None
     fast = FastPath(index)
     originals = ffi.new("void *[]", [ffi.cast("void *", slots.current(n)) for n in _CALLBACKS])

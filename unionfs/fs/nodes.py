@@ -31,20 +31,21 @@ class _Shown:
     the mirrored table), so no change of a node's pure-lower state can be missed."""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = "_" + name
+        slot = owner.__dict__["_" + name]  # the member descriptor __slots__ made
+        self._get, self._set = slot.__get__, slot.__set__
 
     def __get__(self, node: Any, owner: type | None = None) -> Any:
-        return self if node is None else getattr(node, self.slot)
+        return self if node is None else self._get(node)
 
     def __set__(self, node: Node, value: Any) -> None:
-        setattr(node, self.slot, value)
+        self._set(node, value)
         if _mirrored is not None:
             _mirrored.changed(node)
 
 
 class Node:
-    """One inode. `parent`, `lower`, `upper` and `opaque` decide what it shows; setting
-    any of them tells the C fast path (when the node's table is mirrored)."""
+    """One inode. `parent`, `lower`, `upper`, `opaque` and `xattrs` decide what the C fast
+    path may answer for it; setting any of them tells it (when the table is mirrored)."""
 
     __slots__ = (
         "_lower",
@@ -169,7 +170,7 @@ class NodeTable:
     """The nodes Python answers for. With the C fast path on (`mirror`), the kernel may
     also hold inodes only the fast path knows (pure lower entries it looked up): `get`
     adopts such an inode as a Node the first time Python needs it, and every change of
-    a node's pure-lower state is told to the fast path (Node.__setattr__)."""
+    what the fast path may answer for a node is told to it (Node's `_Shown` fields)."""
 
     def __init__(self) -> None:
         self.nodes: dict[int, Node] = {}
@@ -227,7 +228,6 @@ class NodeTable:
                 # lookups the C side handed out are still the kernel's: keep the node
                 node.nlookup = self.fast.drop(ino)
                 if node.nlookup > 0:
-                    self.changed(node)
                     return
             node.close_fd()
             del self.nodes[ino]

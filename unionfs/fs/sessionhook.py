@@ -17,8 +17,8 @@ of pyfuse3's and that each slot holds the expected function; anything unexpected
 stripped or different pyfuse3 build) leaves the session untouched and `install` returns
 False, and the daemon keeps answering opendir with handles as before.
 
-It also finds the LOOKUP, GETATTR and FORGET slots (`located`), where fs/fastpath.py
-puts its C handlers.
+It also finds the slots of the callbacks in `_FAST` and of readdirplus (`located`), where
+fs/fastpath.py puts its C handlers.
 
 Ask for init flags pyfuse3 never asks for: FUSE_CAP_CACHE_SYMLINKS (the kernel keeps
 symlink targets: `ls -l` and path walks through links stop sending readlink), and, with
