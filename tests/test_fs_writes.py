@@ -155,3 +155,32 @@ def test_deleting_freshly_written_files_raises_no_daemon_errors(tmp_path: Path) 
             daemon.wait(timeout=30)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "failed" not in text, text[-2000:]
+
+
+def test_written_files_keep_on_disk_the_times_the_mount_showed(tmp_path: Path) -> None:
+    """With the writeback cache the kernel keeps a file's mtime: it stamps writes to its
+    coarse clock (or not at all within a tick of the file's creation) and sends a SETATTR
+    when it changed the times. The upper dir must end up with the times the mount showed,
+    or diff, commit, export and the next mount disagree with what programs saw."""
+    require_root()
+    require(os.path.exists(IMGFS_OVERLAY), "imgfs-overlay is not installed")
+    low = _layer(tmp_path)
+    shown: dict[str, int] = {}
+    with _mounted("imgfs", [low], tmp_path, {}) as m:
+        for i in range(50):  # new files, written at once
+            with open(m / f"new{i}", "w") as f:
+                f.write("x" * i)
+            shown[f"new{i}"] = os.stat(m / f"new{i}").st_mtime_ns
+        for name in ("small", "big"):  # copied up by the append
+            with open(m / "d" / name, "ab") as f:
+                f.write(b"+")
+            shown[f"d/{name}"] = os.stat(m / "d" / name).st_mtime_ns
+        os.utime(m / "new1", ns=(1, 2_000_000_001))
+        shown["new1"] = os.stat(m / "new1").st_mtime_ns
+        with open(m / "new2", "r+b") as f:  # a write after the file was synced to disk
+            os.fsync(f.fileno())
+            f.write(b"y")
+        shown["new2"] = os.stat(m / "new2").st_mtime_ns
+    on_disk = {rel: os.stat(tmp_path / "imgfs-u" / rel).st_mtime_ns for rel in shown}
+    assert on_disk == shown
+    assert shown["new1"] == 2_000_000_001

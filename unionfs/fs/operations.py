@@ -18,6 +18,7 @@ where the asked ones are not its to give (see `set_owner`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -813,7 +814,19 @@ class UnionOperations(pyfuse3.Operations):
         return os.pread(self.files[fh], size, off)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return os.pwrite(self.files[fh], buf, off)
+        fd = self.files[fh]
+        if not self.enable_writeback_cache:
+            return os.pwrite(fd, buf, off)
+        # The writeback cache makes the kernel the keeper of a file's mtime: it stamps
+        # writes itself (to its coarse clock) and sends the times in a SETATTR when it
+        # changed them. A WRITE moving the upper file's mtime as well would leave the
+        # disk (what diff, commit and every later mount read) a few ms off what the
+        # mount showed, so the upper file keeps the times it had.
+        st = os.fstat(fd)
+        written = os.pwrite(fd, buf, off)
+        with contextlib.suppress(PermissionError):  # a rootless daemon's file not its own
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return written
 
     async def flush(self, fh: int) -> None:
         # Nothing to do at close (no locks, writes go straight to the upper file): ENOSYS
