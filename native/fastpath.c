@@ -112,6 +112,8 @@ static struct {
     size_t nlayers;
     struct rec *tab;
     size_t cap, used;
+    uint64_t *fd_ino; /* the inode of each fd opened here (by fd number; 0: none) */
+    size_t fd_cap, fds_open;
     int serving, passed, off, busy;
     uint8_t *buf, *reply; /* a request read here; a READ or READDIRPLUS reply */
     char *path;
@@ -581,6 +583,36 @@ static int path_of(uint64_t ident)
     return g.path[0] != '\0';
 }
 
+/* Remember which inode fd `fd` shows, so a copy-up can re-point it; 0 if no memory. */
+static int remember_fd(int fd, uint64_t ino)
+{
+    if ((size_t)fd >= g.fd_cap) {
+        size_t cap = g.fd_cap ? g.fd_cap : 256;
+        uint64_t *grown;
+
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        grown = realloc(g.fd_ino, cap * sizeof(*grown));
+        if (grown == NULL)
+            return 0;
+        memset(grown + g.fd_cap, 0, (cap - g.fd_cap) * sizeof(*grown));
+        g.fd_ino = grown;
+        g.fd_cap = cap;
+    }
+    g.fd_ino[fd] = ino;
+    g.fds_open++;
+    return 1;
+}
+
+static void close_fd(int fd)
+{
+    if ((size_t)fd < g.fd_cap && g.fd_ino[fd] != 0) {
+        g.fd_ino[fd] = 0;
+        g.fds_open--;
+    }
+    close(fd);
+}
+
 /* A read-only open of a pure lower file: opened here, beneath its layer's dir without
  * following symlinks (safeopen.c), as operations.open does. */
 static void fast_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -600,12 +632,16 @@ static void fast_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fd = imgfs_open_beneath(g.layer_fds[layer], g.path, O_RDONLY | O_NOFOLLOW, 0);
     if (fd < 0)
         goto python; /* Python gives the error (or opens without openat2) */
+    if (!remember_fd(fd, ino)) {
+        close(fd);
+        goto python;
+    }
     fi->fh = FH_OPENED_HERE | (uint64_t)fd;
     fi->keep_cache = 1;
     fi->direct_io = 0;
     g.stats[6]++;
     if (fuse_reply_open(req, fi) != 0)
-        close(fd); /* the caller is gone: the kernel sends no release */
+        close_fd(fd); /* the caller is gone: the kernel sends no release */
     serve_more();
     return;
 python:
@@ -645,7 +681,7 @@ static void fast_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
         g.release(req, ino, fi);
         return;
     }
-    close((int)(fi->fh & ~FH_OPENED_HERE));
+    close_fd((int)(fi->fh & ~FH_OPENED_HERE));
     fuse_reply_err(req, 0);
     serve_more();
 }
@@ -738,6 +774,9 @@ int imgfs_fast_setup(const uint8_t *base, uint64_t len, void *session, double ti
         return -1;
     memcpy(g.layer_fds, layer_fds, nlayers * sizeof(int));
     g.nlayers = nlayers;
+    if (g.fd_cap)
+        memset(g.fd_ino, 0, g.fd_cap * sizeof(*g.fd_ino));
+    g.fds_open = 0;
     g.base = base;
     g.len = len;
     g.count = layout[0];
@@ -832,6 +871,21 @@ size_t imgfs_fast_held(uint64_t *out, size_t max)
         if (n < max)
             out[n] = g.tab[i].ino;
         n++;
+    }
+    return n;
+}
+
+int imgfs_fast_reopen(uint64_t ino, int upper_fd)
+{
+    size_t fd, seen = 0;
+    int n = 0;
+
+    for (fd = 0; fd < g.fd_cap && seen < g.fds_open; fd++) {
+        if (g.fd_ino[fd] == 0)
+            continue;
+        seen++;
+        if (g.fd_ino[fd] == ino && (upper_fd < 0 || dup3(upper_fd, (int)fd, O_CLOEXEC) >= 0))
+            n++;
     }
     return n;
 }

@@ -51,6 +51,11 @@ int imgfs_fast_take(uint64_t ino, uint32_t *ident, uint64_t *parent, uint64_t *n
 /* Up to `max` inodes held here (not by Python) into out; returns how many there are. */
 size_t imgfs_fast_held(uint64_t *out, size_t max);
 
+/* Lower file `ino` was copied up: the files opened here on it read `upper_fd` (its upper
+ * file, open read-only) from now on, as kernel overlayfs re-opens them.  Returns how many
+ * (with upper_fd < 0: how many there are, nothing changed). */
+int imgfs_fast_reopen(uint64_t ino, int upper_fd);
+
 /* -1: `ino` is not in the map; 0: Python holds it; 1: this code does (tests). */
 int imgfs_fast_known(uint64_t ino);
 

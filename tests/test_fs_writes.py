@@ -8,14 +8,19 @@ on imgfs-overlay and compares.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import struct
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from mounts import IMGFS_OVERLAY
+import pytest
+from difftest.mounts import kernel_options, mount_kernel, mounted
+from mounts import IMGFS_OVERLAY, overlay_mount, require_fuse
 from test_fs_cache import _mounted, _tree
 
 from conftest import require, require_root
@@ -184,3 +189,71 @@ def test_written_files_keep_on_disk_the_times_the_mount_showed(tmp_path: Path) -
     on_disk = {rel: os.stat(tmp_path / "imgfs-u" / rel).st_mtime_ns for rel in shown}
     assert on_disk == shown
     assert shown["new1"] == 2_000_000_001
+
+
+def _read_through_old_fds(m: Path) -> dict[str, object]:
+    """Files opened read-only before another fd writes them (a copy-up), read again once
+    the page cache let go of them: kernel overlayfs re-opens such fds on the copy."""
+    seen: dict[str, object] = {}
+
+    def reopened(name: str, write: Callable[[Path], None]) -> None:
+        fd = os.open(m / "r" / name, os.O_RDONLY)
+        try:
+            seen[f"{name} before"] = os.pread(fd, 4, 0)
+            write(m / "r" / name)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            size = os.fstat(fd).st_size
+            seen[f"{name} after"] = (size, os.pread(fd, 4, 0), os.pread(fd, 8, max(size - 8, 0)))
+        finally:
+            os.close(fd)
+
+    def overwrite_and_append(path: Path) -> None:
+        with open(path, "r+b") as f:
+            f.write(b"NEW!")
+            f.seek(0, os.SEEK_END)
+            f.write(b"tail")
+            os.fsync(f.fileno())
+
+    reopened("small", overwrite_and_append)
+    reopened("big", overwrite_and_append)  # copied up in a worker thread
+    reopened("linked", lambda p: overwrite_and_append(p.with_name("linked2")))
+    reopened("cut", lambda p: p.write_bytes(b"shrt"))  # O_TRUNC
+    reopened("meta", lambda p: os.chmod(p, 0o600))  # a copy-up that writes no data
+    return seen
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["c", "python"])
+def test_reads_through_fds_opened_before_a_copy_up_as_kernel_overlayfs(
+    tmp_path: Path, fast: bool
+) -> None:
+    """The C fast path opens pure lower files itself, Python the rest (a lower hard link
+    here, or everything with the fast path off): both re-point their fds at the copy."""
+    require_fuse()
+    options, errors = kernel_options(tmp_path / "probe")
+    require(options is not None, f"kernel overlayfs unusable here: {errors}")
+    low = tmp_path / "low"
+    (low / "r").mkdir(parents=True)
+    (low / "r" / "small").write_bytes(b"old." * 4096)
+    (low / "r" / "big").write_bytes(b"OLD." * (1 << 19))
+    (low / "r" / "linked").write_bytes(b"lnk." * 4096)
+    os.link(low / "r" / "linked", low / "r" / "linked2")
+    (low / "r" / "cut").write_bytes(b"long" * 4096)
+    (low / "r" / "meta").write_bytes(b"meta" * 4096)
+    kupper, kwork, kmnt = tmp_path / "k-u", tmp_path / "k-w", tmp_path / "k"
+    for d in (kupper, kwork, kmnt):
+        d.mkdir()
+    stats = tmp_path / "stats.json"
+    env = {"IMGFS_FASTPATH": "1" if fast else "0", "IMGFS_FASTPATH_STATS": str(stats)}
+    with (
+        mounted(mount_kernel([low], kupper, kwork, kmnt, str(options))),
+        overlay_mount([low], tmp_path, "ours", env) as (ours, _),
+    ):
+        want = _read_through_old_fds(kmnt)
+        assert _read_through_old_fds(ours) == want
+    assert want["small after"] == (4 * 4096 + 4, b"NEW!", b"old.tail")
+    assert want["linked after"] == (4 * 4096 + 4, b"NEW!", b"lnk.tail")
+    if fast:
+        deadline = time.monotonic() + 30  # the daemon writes them as it stops
+        while not stats.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert json.loads(stats.read_text())["opens"] >= 4  # all but the hard link

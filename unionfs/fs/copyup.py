@@ -205,6 +205,7 @@ class CopyUp:
         node.upper = True
         node.upper_ino = st.st_ino
         node.xattrs = xattrs
+        self.ops.reads_follow_copy_up(node, pfd)
 
     async def _copy_file(self, lower: int, pfd: int, name: bytes) -> frozenset[bytes] | None:
         """Copy a lower non-directory up as `name`; its xattr names if known."""

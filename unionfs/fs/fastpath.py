@@ -8,7 +8,8 @@ callbacks in the live session (the slots sessionhook finds) and answer what conc
 entries the lower layers alone hold: a name in such a directory, an entry's attributes, a
 whole listing that fits one reply, the forgetting of what the C side handed out, a
 read-only open (beneath the layer's dir, as operations.open does; the C side then reads
-and closes the file, its file handles tagged so that Python's are never taken for them),
+and closes the file, its file handles tagged so that Python's are never taken for them,
+and a copy-up re-points them at the copy: `reopen`),
 and the security.capability probe of every exec. Everything else goes to pyfuse3's own
 callback, unchanged. After an answer the C side busy-polls for the next request for up to
 IMGFS_FASTPATH_SPIN_US and serves it too, so a burst of lookups never goes through trio
@@ -82,6 +83,11 @@ class FastPath:
     def drop(self, ino: int) -> int:
         """Python's count of `ino` reached 0: the lookups the C side still has of it."""
         return lib.imgfs_fast_py_drop(ino)
+
+    def reopen(self, ino: int, upper_fd: int) -> int:
+        """Point the files the C side opened on lower file `ino` at `upper_fd` (or, with
+        -1, count them)."""
+        return lib.imgfs_fast_reopen(ino, upper_fd)
 
     def held(self) -> list[int]:
         n = lib.imgfs_fast_held(ffi.NULL, 0)

@@ -115,6 +115,8 @@ class UnionOperations(pyfuse3.Operations):
         """chown is limited to what an unprivileged process may do (see set_owner)."""
         self.table = NodeTable()
         self.files: dict[int, int] = {}
+        self.lower_reads: dict[int, int] = {}
+        """File handles open on a lower file (→ its inode): a copy-up re-points them."""
         self.dirs: dict[int, DirHandle] = {}
         self.stateless_dirs = False
         """Set by the daemon once sessionhook is in place: opendir answers ENOSYS."""
@@ -149,6 +151,7 @@ class UnionOperations(pyfuse3.Operations):
         for fd in self.files.values():
             os.close(fd)
         self.files.clear()
+        self.lower_reads.clear()
         for fd in self._lower_dir_fds.values():
             os.close(fd)
         self._lower_dir_fds.clear()
@@ -808,7 +811,33 @@ class UnionOperations(pyfuse3.Operations):
         else:
             pfd, name = self.lower_loc(node.lower)
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            info = self._file_info(fd)
+            self.lower_reads[info.fh] = inode
+            return info
         return self._file_info(fd)
+
+    def reads_follow_copy_up(self, node: Node, pfd: int) -> None:
+        """Files opened read-only on a lower file before its copy-up read the copy from
+        now on, as kernel overlayfs (since 4.19) re-opens them: what was written through
+        the mount must not be shadowed by stale lower data once the page cache lets go.
+        The upper file replaces the lower one under the same fd number (dup2), so the
+        handle stays valid wherever it is used, in Python or in the C fast path."""
+        fhs = [fh for fh, ino in self.lower_reads.items() if ino == node.ino]
+        fast = self.table.fast
+        if not fhs and (fast is None or not fast.reopen(node.ino, -1)):
+            return
+        try:
+            fd = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        except OSError:
+            return  # a copy its daemon cannot read (rootless, mode 0): reads stay below
+        try:
+            for fh in fhs:
+                os.dup2(fd, self.files[fh], inheritable=False)
+                del self.lower_reads[fh]
+            if fast is not None:
+                fast.reopen(node.ino, fd)
+        finally:
+            os.close(fd)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return os.pread(self.files[fh], size, off)
@@ -835,6 +864,7 @@ class UnionOperations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         os.close(self.files.pop(fh))
+        self.lower_reads.pop(fh, None)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         if datasync:
