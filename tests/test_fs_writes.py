@@ -257,3 +257,57 @@ def test_reads_through_fds_opened_before_a_copy_up_as_kernel_overlayfs(
         while not stats.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert json.loads(stats.read_text())["opens"] >= 4  # all but the hard link
+
+
+def _deleted_but_open(m: Path) -> dict[str, object]:
+    """Files used through fds after their last name went (unlinked, or renamed over):
+    the tmpfile pattern, and what the writeback cache sends for such inodes."""
+    seen: dict[str, object] = {}
+    for name in ("new", "lower", "over"):
+        path = m / "r" / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"first")
+            if name == "over":
+                (m / "r" / "fifo-src").rename(path)  # another type now holds the name
+            else:
+                os.unlink(path)
+            os.write(fd, b" second")
+            os.fchmod(fd, 0o600)
+            os.setxattr(fd, "user.note", b"kept")
+            os.ftruncate(fd, 9)
+            st = os.fstat(fd)
+            seen[name] = (
+                stat.filemode(st.st_mode),
+                st.st_nlink,
+                st.st_size,
+                os.getxattr(fd, "user.note"),
+                os.pread(fd, 64, 0),
+            )
+        finally:
+            os.close(fd)  # must not fail (EIO when the kernel saw a type change)
+    seen["tree"] = sorted(os.listdir(m / "r"))
+    seen["over is"] = stat.filemode(os.lstat(m / "r" / "over").st_mode)
+    return seen
+
+
+def test_deleted_files_still_open_as_kernel_overlayfs(tmp_path: Path) -> None:
+    require_fuse()
+    options, errors = kernel_options(tmp_path / "probe")
+    require(options is not None, f"kernel overlayfs unusable here: {errors}")
+    low = tmp_path / "low"
+    (low / "r").mkdir(parents=True)
+    (low / "r" / "lower").write_bytes(b"from the lower layer")
+    (low / "r" / "over").write_bytes(b"replaced while open")
+    os.mkfifo(low / "r" / "fifo-src")
+    kupper, kwork, kmnt = tmp_path / "k-u", tmp_path / "k-w", tmp_path / "k"
+    for d in (kupper, kwork, kmnt):
+        d.mkdir()
+    with (
+        mounted(mount_kernel([low], kupper, kwork, kmnt, str(options))),
+        overlay_mount([low], tmp_path, "ours") as (ours, _),
+    ):
+        want = _deleted_but_open(kmnt)
+        assert _deleted_but_open(ours) == want
+    assert want["new"] == ("-rw-------", 0, 9, b"kept", b"first sec")
+    assert want["over"] == ("-rw-------", 0, 9, b"kept", b"first sec"), want

@@ -433,26 +433,21 @@ class CopyUp:
 
     def _copy_xattrs(self, lower: int, target: int | str) -> None:
         """Copy the lower entry's xattrs (but the overlay-private ones) to `target`."""
-        path, fd = self.ops._xattr_path_lower(lower)
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-            for name in names:
-                if self.ops.fmt.shown(os.fsencode(name)) is None:
-                    continue  # the overlay's own (opaque, redirect, origin): not copied
-                value = os.getxattr(path, name, follow_symlinks=False)
-                try:
-                    if isinstance(target, int):
-                        os.setxattr(target, name, value)
-                    else:
-                        os.setxattr(target, name, value, follow_symlinks=False)
-                except OSError as e:
-                    # Unprivileged, security.* (capabilities, SELinux labels) may not be
-                    # set: the copy goes without them rather than fail.
-                    if not self.ops.unprivileged or e.errno not in _NOT_SETTABLE:
-                        raise
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        path = self.ops._xattr_path_lower(lower)
+        for name in os.listxattr(path, follow_symlinks=False):
+            if self.ops.fmt.shown(os.fsencode(name)) is None:
+                continue  # the overlay's own (opaque, redirect, origin): not copied
+            value = os.getxattr(path, name, follow_symlinks=False)
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+            except OSError as e:
+                # Unprivileged, security.* (capabilities, SELinux labels) may not be
+                # set: the copy goes without them rather than fail.
+                if not self.ops.unprivileged or e.errno not in _NOT_SETTABLE:
+                    raise
 
 
 _NOT_SETTABLE = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP)

@@ -291,8 +291,47 @@ class UnionOperations(pyfuse3.Operations):
     def upper_lstat(self, node: Node) -> os.stat_result:
         if node.ino == ROOT_INO:
             return os.fstat(self.upper_fd)
-        assert node.parent is not None
+        if node.parent is None:  # deleted, still in use: its name may be another's now
+            return os.fstat(self._kept(node))
         return os.lstat(node.name, dir_fd=self.upper_dir_fd(node.parent))
+
+    @staticmethod
+    def _kept(node: Node) -> int:
+        """The O_PATH fd of a deleted node's upper entry (see `_keep_deleted`)."""
+        if node.ufd < 0:
+            raise _err(errno.ENOENT)
+        return node.ufd
+
+    def _keep_deleted(self, node: Node, pfd: int, name: bytes) -> None:
+        """`name` in upper dir `pfd` is about to be unlinked or replaced: if it is the
+        node's last name, keep an O_PATH fd of the entry in the node. The kernel still
+        sends requests about the inode (an open file's fstat, fchmod, xattrs, the
+        writeback cache's last times), and they must reach that entry, not whatever
+        takes the name next (answering with another entry's type makes the kernel mark
+        the inode bad: EIO at close)."""
+        if node.ufd < 0 and len(node.links()) <= 1:
+            node.ufd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+
+    def _deleted(self, node: Node, parent: Node, name: bytes) -> None:
+        """`name` of `node` is gone; a node the kernel does not hold keeps no fd."""
+        node.drop_link(parent, name)
+        if not node.alive and self.table.get(node.ino) is not node:
+            node.close_fd()
+
+    def _upper_target(self, node: Node) -> tuple[str, bool]:
+        """(path, follow_symlinks) naming the node's upper entry, for calls without an
+        *at form: its name in its parent dir's fd, or a deleted entry's kept fd."""
+        if node.ino == ROOT_INO:
+            return f"/proc/self/fd/{self.upper_dir_fd(node)}/.", False
+        if node.parent is None:  # the magic link leads to the entry itself, never beyond
+            return f"/proc/self/fd/{self._kept(node)}", True
+        return at(self.upper_dir_fd(node.parent), node.name), False
+
+    def _open_upper(self, node: Node, flags: int) -> int:
+        if node.parent is None and node.ino != ROOT_INO:
+            return os.open(f"/proc/self/fd/{self._kept(node)}", flags & ~os.O_NOFOLLOW)
+        pfd, name = self._upper_loc(node)
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=pfd)
 
     def _attrs(
         self, node: Node, st: os.stat_result | None = None, entry: Any = None
@@ -349,12 +388,10 @@ class UnionOperations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: Any, fh: int | None, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         node = self.table[inode]
-        if not node.alive and (not node.upper or fh not in self.files):
-            # A deleted entry no name and no handle of this request shows (the writeback
-            # cache flushing its times as it is evicted): nothing can see a change. A lower
-            # one still has its attributes in the index; an upper one has none left.
-            if node.upper:
-                raise _err(errno.ENOENT)
+        if not node.alive and not node.upper:
+            # A deleted lower entry (a whiteout hides it): its attributes are the index's,
+            # and there is nothing to change them in. An upper one was kept (see
+            # `_keep_deleted`): the change goes to it, as to any file still open.
             return self._attrs(node)
         uid = attr.st_uid if fields.update_uid else -1
         gid = attr.st_gid if fields.update_gid else -1
@@ -378,9 +415,8 @@ class UnionOperations(pyfuse3.Operations):
         if fd is not None:  # the open upper file itself: no walk to it
             target: int | str = fd
         else:
-            pfd, name = self._upper_loc(node)
-            target = at(pfd, name) if name else f"/proc/self/fd/{pfd}/."
-            st, kw = self.upper_lstat(node), {"follow_symlinks": False}
+            target, follow = self._upper_target(node)
+            st, kw = self.upper_lstat(node), {"follow_symlinks": follow}
         if uid != -1 or gid != -1:
             os.chown(target, uid, gid, **kw)
         if fields.update_mode and not stat.S_ISLNK(st.st_mode):
@@ -389,8 +425,7 @@ class UnionOperations(pyfuse3.Operations):
             if fd is not None:
                 os.ftruncate(fd, attr.st_size)
             else:
-                pfd, name = self._upper_loc(node)
-                tfd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                tfd = self._open_upper(node, os.O_WRONLY | os.O_CLOEXEC)
                 try:
                     os.ftruncate(tfd, attr.st_size)
                 finally:
@@ -445,7 +480,8 @@ class UnionOperations(pyfuse3.Operations):
         """(upper parent dir fd, name) of a node that exists in the upper dir."""
         if node.ino == ROOT_INO:
             return self.upper_dir_fd(node), b""
-        assert node.parent is not None
+        if node.parent is None:
+            raise _err(errno.ENOENT)  # deleted: see `_upper_target` and `_open_upper`
         return self.upper_dir_fd(node.parent), node.name
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -645,10 +681,12 @@ class UnionOperations(pyfuse3.Operations):
         if not node.upper and self.index.entry(node.lower).nlink > 1:
             await self.copy_up(node)  # its other names keep the data and count the link
         if node.upper:
-            os.unlink(name, dir_fd=self.upper_dir_fd(parent))
+            pfd = self.upper_dir_fd(parent)
+            self._keep_deleted(node, pfd, name)
+            os.unlink(name, dir_fd=pfd)
         if self.lower_child(parent, name):
             self._whiteout(parent, name)
-        node.drop_link(parent, name)
+        self._deleted(node, parent, name)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         parent = self.table[parent_inode]
@@ -666,11 +704,10 @@ class UnionOperations(pyfuse3.Operations):
             dfd = self.upper_dir_fd(node)
             for name_ in whiteouts:  # all that is left in it: no second listing
                 os.unlink(name_, dir_fd=dfd)
-            node.close_fd()
-            os.rmdir(name, dir_fd=self.upper_dir_fd(parent))
+            os.rmdir(name, dir_fd=self.upper_dir_fd(parent))  # node.ufd stays: `_kept`
         if self.lower_child(parent, name):
             self._whiteout(parent, name)
-        node.drop_link(parent, name)
+        self._deleted(node, parent, name)
 
     # -- rename ------------------------------------------------------------------
 
@@ -717,6 +754,11 @@ class UnionOperations(pyfuse3.Operations):
         old_fd = self.upper_dir_fd(old_parent)
         new_fd = self.ensure_upper_dir(new_parent)
         lower_at_new = self.lower_child(new_parent, name_new)
+        if dst is not None and dst.upper:
+            if dst.is_dir:
+                self.upper_dir_fd(dst)  # kept as it is replaced
+            else:
+                self._keep_deleted(dst, new_fd, name_new)
         self._clear_target(new_fd, name_new, dst)
         renameat2(old_fd, name_old, new_fd, name_new, 0)
         if src.is_dir:
@@ -724,8 +766,7 @@ class UnionOperations(pyfuse3.Operations):
         if self.lower_child(old_parent, name_old):
             self._whiteout(old_parent, name_old)
         if dst is not None:
-            dst.close_fd()
-            dst.drop_link(new_parent, name_new)
+            self._deleted(dst, new_parent, name_new)
         src.drop_link(old_parent, name_old)
         src.add_link(new_parent, name_new)
 
@@ -806,8 +847,7 @@ class UnionOperations(pyfuse3.Operations):
             async with self.gate.change():
                 await self.copy_up(node)
         if node.upper:
-            pfd, name = self._upper_loc(node)
-            fd = os.open(name, _file_flags(flags), dir_fd=pfd)
+            fd = self._open_upper(node, _file_flags(flags))
         else:
             pfd, name = self.lower_loc(node.lower)
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
@@ -972,18 +1012,18 @@ class UnionOperations(pyfuse3.Operations):
 
     # -- extended attributes ---------------------------------------------------
 
-    def _xattr_path(self, node: Node) -> tuple[str, int]:
-        """(path for *xattr calls with follow_symlinks=False, fd to close or -1)."""
+    def _xattr_path(self, node: Node) -> tuple[str, bool]:
+        """(path, follow_symlinks) for *xattr calls on the node's entry."""
         if node.upper:
-            pfd, name = self._upper_loc(node)
-            return (at(pfd, name) if name else f"/proc/self/fd/{pfd}/."), -1
-        return self._xattr_path_lower(node.lower)
+            return self._upper_target(node)
+        return self._xattr_path_lower(node.lower), False
 
-    def _xattr_path_lower(self, ident: int) -> tuple[str, int]:
+    def _xattr_path_lower(self, ident: int) -> str:
+        """Path for *xattr calls with follow_symlinks=False on a lower entry."""
         if ident == _INDEX_ROOT:  # it has no parent dir
-            return f"/proc/self/fd/{self.layers.fds[self.index.entry(ident).layer]}/.", -1
+            return f"/proc/self/fd/{self.layers.fds[self.index.entry(ident).layer]}/."
         pfd, name = self.lower_loc(ident)
-        return at(pfd, name), -1
+        return at(pfd, name)
 
     def lower_loc(self, ident: int) -> tuple[int, bytes]:
         """(O_PATH fd of a lower entry's directory in its layer, the entry's name), for a
@@ -1005,12 +1045,8 @@ class UnionOperations(pyfuse3.Operations):
         security.selinux and the ACLs, and lower entries never change."""
         names = self._lower_xattrs.get(ident)
         if names is None:
-            path, fd = self._xattr_path_lower(ident)
-            try:
-                names = frozenset(os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False))
-            finally:
-                if fd >= 0:
-                    os.close(fd)
+            path = self._xattr_path_lower(ident)
+            names = frozenset(os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False))
             self._lower_xattrs[ident] = names
         return names
 
@@ -1022,15 +1058,12 @@ class UnionOperations(pyfuse3.Operations):
                 raise _err(self._absent(real))
         elif real not in self._lower_xattr_names(node.lower):
             raise _err(self._absent(real))
-        path, fd = self._xattr_path(node)
+        path, follow = self._xattr_path(node)
         try:
-            return os.getxattr(path, real, follow_symlinks=False)
+            return os.getxattr(path, real, follow_symlinks=follow)
         except OSError as e:
             code = self._absent(real) if e.errno == errno.ENODATA else e.errno or errno.EIO
             raise _err(code) from None
-        finally:
-            if fd >= 0:
-                os.close(fd)
 
     def _absent(self, name: bytes) -> int:
         """The errno of an xattr an entry does not have: ENODATA, except security.selinux
@@ -1044,8 +1077,8 @@ class UnionOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         node = self.table[inode]
         if node.upper:
-            path, _ = self._xattr_path(node)
-            names = [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)]
+            path, follow = self._xattr_path(node)
+            names = [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow)]
         else:
             names = sorted(self._lower_xattr_names(node.lower))
         shown = (self.fmt.shown(n) for n in names)
@@ -1055,28 +1088,25 @@ class UnionOperations(pyfuse3.Operations):
         node = self.table[inode]
         await self.copy_up(node)
         node.forget_xattrs()
-        path, _ = self._xattr_path(node)
+        path, follow = self._xattr_path(node)
         try:
-            os.setxattr(path, self.fmt.real(name), value, follow_symlinks=False)
+            os.setxattr(path, self.fmt.real(name), value, follow_symlinks=follow)
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         node = self.table[inode]
         name = self.fmt.real(name)
-        path, fd = self._xattr_path(node)
+        path, follow = self._xattr_path(node)
         try:
-            os.getxattr(path, name, follow_symlinks=False)  # ENODATA before any copy-up
+            os.getxattr(path, name, follow_symlinks=follow)  # ENODATA before any copy-up
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
-        finally:
-            if fd >= 0:
-                os.close(fd)
         await self.copy_up(node)
         node.forget_xattrs()
-        path, _ = self._xattr_path(node)
+        path, follow = self._xattr_path(node)
         try:
-            os.removexattr(path, name, follow_symlinks=False)
+            os.removexattr(path, name, follow_symlinks=follow)
         except OSError as e:
             raise _err(e.errno or errno.EIO) from None
 
