@@ -299,6 +299,36 @@ def op_mmap_write(path: str, offset: int, data: Blob) -> object:
         os.close(fd)
 
 
+HELD: dict[tuple[str, int], int] = {}
+"""Files held open across operations, by (mount root, slot): reads through them after
+other operations changed the file (a copy-up, a rename, an unlink) must match."""
+HOLD_SLOTS = 3
+
+
+def op_hold(path: str, slot: int, root: str) -> None:
+    fd = _open(path, os.O_RDONLY)
+    old = HELD.pop((root, slot), None)
+    if old is not None:
+        os.close(old)
+    HELD[(root, slot)] = fd
+
+
+def op_held_read(slot: int, root: str) -> object:
+    """Size and contents through a held fd, after the page cache let go of the file (so
+    the filesystem is asked, not the cache)."""
+    fd = HELD.get((root, slot))
+    if fd is None:
+        return "none"
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return (os.fstat(fd).st_size, digest(os.pread(fd, READ_CAP, 0)))
+
+
+def release_held(root: str) -> None:
+    """Close the files held open on the mount at `root` (before it is unmounted)."""
+    for key in [k for k in HELD if k[0] == root]:
+        os.close(HELD.pop(key))
+
+
 def existing(path: str, names: list[str], kernel: bool) -> list[str]:
     """`names` listed in directory `path`, without kernel overlayfs's listed whiteouts."""
     if not kernel or not excluded("readdir_lists_lower_whiteouts"):
@@ -360,9 +390,14 @@ HANDLERS: dict[str, tuple[Callable[..., object], tuple[str, ...]]] = {
     "listdir": (op_listdir, ("path",)),
     "mmap_read": (op_mmap_read, ("path",)),
     "mmap_write": (op_mmap_write, ("path",)),
+    "hold": (op_hold, ("path",)),
+    "held_read": (op_held_read, ()),
 }
 
-READ_ONLY = frozenset({"stat", "read", "readlink", "getxattr", "listxattr", "listdir", "mmap_read"})
+READ_ONLY = frozenset(
+    {"stat", "read", "readlink", "getxattr", "listxattr", "listdir", "mmap_read", "hold",
+     "held_read"}
+)  # fmt: skip
 
 
 def changed_paths(op: Op) -> list[tuple[str, bool]]:
@@ -447,6 +482,8 @@ def apply(op: Op, root: str, kernel: bool, lower: LowerHardlink | None = None) -
     kw = op.kw
     if op.kind == "listdir":
         kw["kernel"] = kernel
+    if op.kind in ("hold", "held_read"):
+        kw["root"] = root
     changed = changed_paths(op)
     escaping = [rel for rel, follow in changed if escapes(root, rel, follow)]
     if escaping:
@@ -497,6 +534,8 @@ WEIGHTS = {
     "listdir": 5,
     "mmap_read": 2,
     "mmap_write": 2,
+    "hold": 3,
+    "held_read": 5,
 }
 
 # What kind of entry an operation mostly wants (d_type letters: d, f, l; "n" = non-dir).
@@ -508,6 +547,7 @@ WANTS = {
     "truncate": "f",
     "mmap_read": "f",
     "mmap_write": "f",
+    "hold": "f",
     "rmdir": "d",
     "listdir": "d",
     "readlink": "l",
@@ -782,6 +822,10 @@ class Generator:
             args["follow"] = follow
         elif kind == "listxattr":
             args = {"path": self.path(), "follow": follow}
+        elif kind == "hold":
+            args = {"path": self.path(want), "slot": rng.randrange(HOLD_SLOTS)}
+        elif kind == "held_read":
+            args = {"slot": rng.randrange(HOLD_SLOTS)}
         else:
             raise AssertionError(kind)
         op = Op(self.count, kind, tuple(args.items()))

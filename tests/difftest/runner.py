@@ -13,7 +13,7 @@ from pathlib import Path
 from . import excluded
 from .layers import Layers, build_layers
 from .mounts import Mount, Watchdog, mount_kernel, mount_ours, mounted, unmount
-from .ops import Generator, Op, apply, lower_hardlink_at, to_json
+from .ops import Generator, Op, apply, lower_hardlink_at, release_held, to_json
 from .tree import diff, lower_hardlink_paths, snapshot
 
 
@@ -200,22 +200,27 @@ def run_ops(
 
     if m := tree_check(-1, None):  # the layers themselves already look different
         return stop(m)
-    for op, gen in plan.source(layers):
-        if gen is not None:
-            op = gen.next(oracle.root)
-        assert op is not None
-        done.append(op)
-        pos = len(done) - 1
-        a = apply(op, oracle.root, kernel=True, lower=lower)
-        with watchdog.guard(ours, str(op)):
-            b = apply(op, ours.root, ours.kind == "kernel", lower=lower)
-        if watchdog.fired:
-            return stop(Mismatch("hang", pos, op, detail=[watchdog.fired]))
-        if a != b:
-            return stop(Mismatch("op", pos, op, a, b))
-        if cfg.check_every and (pos + 1) % cfg.check_every == 0 and (m := tree_check(pos, op)):
-            return stop(m)
-    return done, tree_check(len(done) - 1, done[-1] if done else None)
+    try:
+        for op, gen in plan.source(layers):
+            if gen is not None:
+                op = gen.next(oracle.root)
+            assert op is not None
+            done.append(op)
+            pos = len(done) - 1
+            a = apply(op, oracle.root, kernel=True, lower=lower)
+            with watchdog.guard(ours, str(op)):
+                b = apply(op, ours.root, ours.kind == "kernel", lower=lower)
+            if watchdog.fired:
+                return stop(Mismatch("hang", pos, op, detail=[watchdog.fired]))
+            if a != b:
+                return stop(Mismatch("op", pos, op, a, b))
+            checking = cfg.check_every and (pos + 1) % cfg.check_every == 0
+            if checking and (m := tree_check(pos, op)):
+                return stop(m)
+        return done, tree_check(len(done) - 1, done[-1] if done else None)
+    finally:
+        release_held(oracle.root)  # files held open across operations
+        release_held(ours.root)
 
 
 @dataclass
