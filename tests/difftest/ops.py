@@ -319,8 +319,11 @@ def op_held_read(slot: int, root: str) -> object:
     fd = HELD.get((root, slot))
     if fd is None:
         return "none"
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):  # a directory's listing, read anew from the start
+        return ("dir", tuple(sorted(os.listdir(fd))))
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    return (os.fstat(fd).st_size, digest(os.pread(fd, READ_CAP, 0)))
+    return (st.st_size, digest(os.pread(fd, READ_CAP, 0)))
 
 
 def release_held(root: str) -> None:
@@ -823,7 +826,8 @@ class Generator:
         elif kind == "listxattr":
             args = {"path": self.path(), "follow": follow}
         elif kind == "hold":
-            args = {"path": self.path(want), "slot": rng.randrange(HOLD_SLOTS)}
+            held = self.path("d" if rng.random() < 0.3 else want)
+            args = {"path": held, "slot": rng.randrange(HOLD_SLOTS)}
         elif kind == "held_read":
             args = {"slot": rng.randrange(HOLD_SLOTS)}
         else:
