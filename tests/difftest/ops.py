@@ -313,7 +313,7 @@ def op_hold(path: str, slot: int, root: str) -> None:
     HELD[(root, slot)] = fd
 
 
-def op_held_read(slot: int, root: str) -> object:
+def op_held_read(slot: int, root: str, kernel: bool) -> object:
     """Size and contents through a held fd, after the page cache let go of the file (so
     the filesystem is asked, not the cache)."""
     fd = HELD.get((root, slot))
@@ -321,7 +321,7 @@ def op_held_read(slot: int, root: str) -> object:
         return "none"
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):  # a directory's listing, read anew from the start
-        return ("dir", tuple(sorted(os.listdir(fd))))
+        return ("dir", tuple(sorted(existing(fd, os.listdir(fd), kernel))))
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     return (st.st_size, digest(os.pread(fd, READ_CAP, 0)))
 
@@ -332,14 +332,18 @@ def release_held(root: str) -> None:
         os.close(HELD.pop(key))
 
 
-def existing(path: str, names: list[str], kernel: bool) -> list[str]:
-    """`names` listed in directory `path`, without kernel overlayfs's listed whiteouts."""
+def existing(path: str | int, names: list[str], kernel: bool) -> list[str]:
+    """`names` listed in directory `path` (or open dir fd), without kernel overlayfs's
+    listed whiteouts."""
     if not kernel or not excluded("readdir_lists_lower_whiteouts"):
         return names
     out = []
     for name in names:
         try:
-            os.lstat(os.path.join(path, name))
+            if isinstance(path, int):
+                os.lstat(name, dir_fd=path)
+            else:
+                os.lstat(os.path.join(path, name))
         except FileNotFoundError:
             continue
         out.append(name)
@@ -483,7 +487,7 @@ def apply(op: Op, root: str, kernel: bool, lower: LowerHardlink | None = None) -
     are of a lower hard link's inode: their st_nlink is left out (lower_hardlink_nlink)."""
     fn, path_args = HANDLERS[op.kind]
     kw = op.kw
-    if op.kind == "listdir":
+    if op.kind in ("listdir", "held_read"):
         kw["kernel"] = kernel
     if op.kind in ("hold", "held_read"):
         kw["root"] = root
