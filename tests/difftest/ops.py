@@ -305,8 +305,8 @@ other operations changed the file (a copy-up, a rename, an unlink) must match.""
 HOLD_SLOTS = 3
 
 
-def op_hold(path: str, slot: int, root: str) -> None:
-    fd = _open(path, os.O_RDONLY)
+def op_hold(path: str, slot: int, root: str, write: bool = False) -> None:
+    fd = _open(path, os.O_RDWR if write else os.O_RDONLY)
     old = HELD.pop((root, slot), None)
     if old is not None:
         os.close(old)
@@ -323,7 +323,15 @@ def op_held_read(slot: int, root: str, kernel: bool) -> object:
     if stat.S_ISDIR(st.st_mode):  # a directory's listing, read anew from the start
         return ("dir", tuple(sorted(existing(fd, os.listdir(fd), kernel))))
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    return (st.st_size, digest(os.pread(fd, READ_CAP, 0)))
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, digest(os.pread(fd, READ_CAP, 0)))
+
+
+def op_held_write(slot: int, root: str, offset: int, data: Blob) -> object:
+    """Write through a held fd (the file may have been renamed, replaced or deleted)."""
+    fd = HELD.get((root, slot))
+    if fd is None:
+        return "none"
+    return _write_all(fd, data.bytes(), offset)
 
 
 def release_held(root: str) -> None:
@@ -399,6 +407,7 @@ HANDLERS: dict[str, tuple[Callable[..., object], tuple[str, ...]]] = {
     "mmap_write": (op_mmap_write, ("path",)),
     "hold": (op_hold, ("path",)),
     "held_read": (op_held_read, ()),
+    "held_write": (op_held_write, ()),
 }
 
 READ_ONLY = frozenset(
@@ -410,6 +419,10 @@ READ_ONLY = frozenset(
 def changed_paths(op: Op) -> list[tuple[str, bool]]:
     """(path, final component followed) for every path a mutating operation changes."""
     kw = op.kw
+    if op.kind == "hold" and kw.get("write"):
+        return [(kw["path"], True)]  # opening for writing copies up
+    if op.kind == "held_write":
+        return []  # through an fd opened for writing, inside the mount: no path to check
     if op.kind in READ_ONLY:
         return []
     if op.kind in ("rename", "renameat2"):
@@ -489,7 +502,7 @@ def apply(op: Op, root: str, kernel: bool, lower: LowerHardlink | None = None) -
     kw = op.kw
     if op.kind in ("listdir", "held_read"):
         kw["kernel"] = kernel
-    if op.kind in ("hold", "held_read"):
+    if op.kind in ("hold", "held_read", "held_write"):
         kw["root"] = root
     changed = changed_paths(op)
     escaping = [rel for rel, follow in changed if escapes(root, rel, follow)]
@@ -543,6 +556,7 @@ WEIGHTS = {
     "mmap_write": 2,
     "hold": 3,
     "held_read": 5,
+    "held_write": 3,
 }
 
 # What kind of entry an operation mostly wants (d_type letters: d, f, l; "n" = non-dir).
@@ -831,9 +845,12 @@ class Generator:
             args = {"path": self.path(), "follow": follow}
         elif kind == "hold":
             held = self.path("d" if rng.random() < 0.3 else want)
-            args = {"path": held, "slot": rng.randrange(HOLD_SLOTS)}
+            args = {"path": held, "slot": rng.randrange(HOLD_SLOTS), "write": rng.random() < 0.3}
         elif kind == "held_read":
             args = {"slot": rng.randrange(HOLD_SLOTS)}
+        elif kind == "held_write":
+            offset = rng.choice([0, rng.randint(0, 6000), rng.randint(0, 200_000)])
+            args = {"slot": rng.randrange(HOLD_SLOTS), "offset": offset, "data": self.blob()}
         else:
             raise AssertionError(kind)
         op = Op(self.count, kind, tuple(args.items()))
