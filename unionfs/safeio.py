@@ -175,6 +175,14 @@ def open_beneath(
     return open_beneath_py(root_fd, path, flags, mode)
 
 
+def set_xattr(target: int | str, name: str, value: bytes) -> None:
+    """Set an xattr on an fd, or on a path whose last component is never followed."""
+    if isinstance(target, int):
+        os.setxattr(target, name, value)
+    else:
+        os.setxattr(target, name, value, follow_symlinks=False)
+
+
 def syncfs(fd: int) -> None:
     """Flush only the filesystem holding `fd`; os.sync() (every filesystem) without native."""
     if HAVE_NATIVE:

@@ -30,6 +30,7 @@ from unionfs.fs.layerfds import (
     open_dir,
 )
 from unionfs.fs.nodes import Node
+from unionfs.safeio import set_xattr
 
 if TYPE_CHECKING:
     from unionfs.fs.operations import UnionOperations
@@ -439,10 +440,7 @@ class CopyUp:
                 continue  # the overlay's own (opaque, redirect, origin): not copied
             value = os.getxattr(path, name, follow_symlinks=False)
             try:
-                if isinstance(target, int):
-                    os.setxattr(target, name, value)
-                else:
-                    os.setxattr(target, name, value, follow_symlinks=False)
+                set_xattr(target, name, value)
             except OSError as e:
                 # Unprivileged, security.* (capabilities, SELinux labels) may not be
                 # set: the copy goes without them rather than fail.

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
 from unionfs.errors import BadInput, ImgfsError
-from unionfs.safeio import open_beneath
+from unionfs.safeio import open_beneath, set_xattr
 
 __all__ = ["OPAQUE_XATTR", "UnpackStats", "unpack_tar"]
 
@@ -612,10 +612,7 @@ def _set_xattrs(target: int | str, xattrs: dict[str, bytes]) -> None:
     """Set xattrs on an fd, or on a path whose last component is never followed."""
     for name, value in xattrs.items():
         try:
-            if isinstance(target, int):
-                os.setxattr(target, name, value)
-            else:
-                os.setxattr(target, name, value, follow_symlinks=False)
+            set_xattr(target, name, value)
         except OSError as e:
             if e.errno in _ENVIRONMENT_ERRNOS:
                 raise
