@@ -314,8 +314,8 @@ def op_hold(path: str, slot: int, root: str, write: bool = False) -> None:
 
 
 def op_held_read(slot: int, root: str, kernel: bool) -> object:
-    """Size and contents through a held fd, after the page cache let go of the file (so
-    the filesystem is asked, not the cache)."""
+    """Mode, owner, size and contents through a held fd, after the page cache let go of
+    the file (so the filesystem is asked, not the cache); a directory's listing."""
     fd = HELD.get((root, slot))
     if fd is None:
         return "none"
