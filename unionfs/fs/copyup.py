@@ -134,7 +134,7 @@ class CopyUp:
             try:
                 await self._fill(child)
             finally:
-                if ops.table.get(child.ino) is not child:
+                if not ops.table.holds(child):
                     child.close_fd()  # a node made for this walk only
 
     # -- files -------------------------------------------------------------------
@@ -206,7 +206,7 @@ class CopyUp:
         node.upper = True
         node.upper_ino = st.st_ino
         node.xattrs = xattrs
-        self.ops.reads_follow_copy_up(node, pfd)
+        self.ops.reads_follow_copy_up(node)
 
     async def _copy_file(self, lower: int, pfd: int, name: bytes) -> frozenset[bytes] | None:
         """Copy a lower non-directory up as `name`; its xattr names if known."""

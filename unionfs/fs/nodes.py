@@ -38,8 +38,10 @@ class _Shown:
         return self if node is None else self._get(node)
 
     def __set__(self, node: Node, value: Any) -> None:
+        # Python's lookups set lower/opaque on every call: tell the C side news only
+        news = _mirrored is not None and self._get(node) != value
         self._set(node, value)
-        if _mirrored is not None:
+        if news:
             _mirrored.changed(node)
 
 
@@ -92,7 +94,8 @@ class Node:
         self.extra_links: list[tuple[Node, bytes]] = []
         """Further names of a hard-linked file (the first is parent/name)."""
         self.ufd = -1
-        """O_PATH fd of this directory in the upper dir, opened on demand."""
+        """O_PATH fd of this node's upper entry: a directory's, opened on demand, and a
+        deleted entry's, kept for the requests the kernel still sends about it."""
         self._xattrs: frozenset[bytes] | None = None
         self.default_acl: bool | None = None
         """Whether this upper directory has a default ACL, once looked at (every creation
@@ -203,13 +206,17 @@ class NodeTable:
                 self.get(ino)
         return list(self.nodes.values())
 
+    def holds(self, node: Node) -> bool:
+        """Whether `node` is the table's (not one made for a single request or walk)."""
+        return self.nodes.get(node.ino) is node
+
     def add(self, node: Node) -> Node:
         self.nodes[node.ino] = node
         self.changed(node)
         return node
 
     def changed(self, node: Node) -> None:
-        if self.fast is not None and self.nodes.get(node.ino) is node:
+        if self.fast is not None and self.holds(node):
             parent = node.parent
             pino = parent.ino if parent is not None else 0
             self.fast.set(node.ino, node.pure_lower, pino, node.no_caps)

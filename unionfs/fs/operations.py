@@ -279,7 +279,7 @@ class UnionOperations(pyfuse3.Operations):
 
     def _remember(self, node: Node) -> None:
         node.nlookup += 1
-        if self.table.get(node.ino) is not node:
+        if not self.table.holds(node):
             self.table.add(node)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -315,7 +315,7 @@ class UnionOperations(pyfuse3.Operations):
     def _deleted(self, node: Node, parent: Node, name: bytes) -> None:
         """`name` of `node` is gone; a node the kernel does not hold keeps no fd."""
         node.drop_link(parent, name)
-        if not node.alive and self.table.get(node.ino) is not node:
+        if not node.alive and not self.table.holds(node):
             node.close_fd()
 
     def _upper_target(self, node: Node) -> tuple[str, bool]:
@@ -755,10 +755,7 @@ class UnionOperations(pyfuse3.Operations):
         new_fd = self.ensure_upper_dir(new_parent)
         lower_at_new = self.lower_child(new_parent, name_new)
         if dst is not None and dst.upper:
-            if dst.is_dir:
-                self.upper_dir_fd(dst)  # kept as it is replaced
-            else:
-                self._keep_deleted(dst, new_fd, name_new)
+            self._keep_deleted(dst, new_fd, name_new)
         self._clear_target(new_fd, name_new, dst)
         renameat2(old_fd, name_old, new_fd, name_new, 0)
         if src.is_dir:
@@ -847,16 +844,14 @@ class UnionOperations(pyfuse3.Operations):
             async with self.gate.change():
                 await self.copy_up(node)
         if node.upper:
-            fd = self._open_upper(node, _file_flags(flags))
-        else:
-            pfd, name = self.lower_loc(node.lower)
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-            info = self._file_info(fd)
-            self.lower_reads[info.fh] = inode
-            return info
-        return self._file_info(fd)
+            return self._file_info(self._open_upper(node, _file_flags(flags)))
+        pfd, name = self.lower_loc(node.lower)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        info = self._file_info(fd)
+        self.lower_reads[info.fh] = inode
+        return info
 
-    def reads_follow_copy_up(self, node: Node, pfd: int) -> None:
+    def reads_follow_copy_up(self, node: Node) -> None:
         """Files opened read-only on a lower file before its copy-up read the copy from
         now on, as kernel overlayfs (since 4.19) re-opens them: what was written through
         the mount must not be shadowed by stale lower data once the page cache lets go.
@@ -867,7 +862,7 @@ class UnionOperations(pyfuse3.Operations):
         if not fhs and (fast is None or not fast.reopen(node.ino, -1)):
             return
         try:
-            fd = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            fd = self._open_upper(node, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return  # a copy its daemon cannot read (rootless, mode 0): reads stay below
         try:
@@ -884,8 +879,6 @@ class UnionOperations(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         fd = self.files[fh]
-        if not self.enable_writeback_cache:
-            return os.pwrite(fd, buf, off)
         # The writeback cache makes the kernel the keeper of a file's mtime: it stamps
         # writes itself (to its coarse clock) and sends the times in a SETATTR when it
         # changed them. A WRITE moving the upper file's mtime as well would leave the
