@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from difftest.mounts import kernel_options, mount_kernel
+from difftest.mounts import mounted as unmounted_after
 
 from unionfs.layers.unpack import unpack_tar
 
@@ -36,6 +41,29 @@ def unmount(mnt: Path) -> None:
 
 
 @contextmanager
+def kernel_overlay_mount(lowers: list[Path], tmp: Path, name: str = "k") -> Iterator[Path]:
+    """Kernel overlayfs over `lowers` with a fresh upper dir and the differential tests'
+    options (redirect_dir, index: lower hard links stay one inode, as in imgfs)."""
+    options, errors = kernel_options(tmp / f"{name}-probe")
+    require(options is not None, f"kernel overlayfs unusable here: {errors}")
+    upper, work, mnt = tmp / f"{name}-upper", tmp / f"{name}-work", tmp / name
+    for d in (upper, work, mnt):
+        d.mkdir()
+    with unmounted_after(mount_kernel(lowers, upper, work, mnt, str(options))):
+        yield mnt
+
+
+def fastpath_counters(stats: Path) -> dict[str, int]:
+    """The C fast path's counters, which the daemon writes to IMGFS_FASTPATH_STATS as it
+    stops (fusermount3 -u does not wait for it)."""
+    deadline = time.monotonic() + 30
+    while not stats.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats.exists(), "the fast path was not installed"
+    return json.loads(stats.read_text())
+
+
+@contextmanager
 def overlay_mount(
     lowers: list[Path], tmp: Path, name: str = "m", env: dict[str, str] | None = None
 ) -> Iterator[tuple[Path, Path]]:
@@ -54,6 +82,18 @@ def overlay_mount(
         yield mnt, upper
     finally:
         unmount(mnt)
+
+
+@contextmanager
+def fastpath_mount(
+    lowers: list[Path], tmp: Path, name: str, fast: bool
+) -> Iterator[tuple[Path, Path]]:
+    """An imgfs-overlay mount with the C fast path on or off; yields (mountpoint, the
+    file its fast path counters go to: see fastpath_counters)."""
+    stats = tmp / f"{name}-stats.json"
+    env = {"IMGFS_FASTPATH": "1" if fast else "0", "IMGFS_FASTPATH_STATS": str(stats)}
+    with overlay_mount(lowers, tmp, name, env) as (mnt, _):
+        yield mnt, stats
 
 
 def require_fuse() -> None:

@@ -10,19 +10,21 @@ whiteouts, renames, new entries below them) and after the kernel forgot them.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import shutil
 import stat
 import struct
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-from difftest.mounts import kernel_options, mount_kernel, mounted
-from mounts import overlay_mount, require_fuse, tree_of
+from mounts import (
+    fastpath_counters,
+    fastpath_mount,
+    kernel_overlay_mount,
+    require_fuse,
+    tree_of,
+)
 
 from conftest import require
 
@@ -107,30 +109,12 @@ def _forget_all() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("2\n")
 
 
-@contextmanager
-def _imgfs(lowers: list[Path], tmp: Path, name: str, fast: bool) -> Iterator[tuple[Path, Path]]:
-    """An imgfs-overlay mount; yields (mountpoint, the file its fast path counters go to)."""
-    stats = tmp / f"{name}-stats.json"
-    env = {"IMGFS_FASTPATH": "1" if fast else "0", "IMGFS_FASTPATH_STATS": str(stats)}
-    with overlay_mount(lowers, tmp, name, env) as (mnt, _):
-        yield mnt, stats
-
-
-def _counters(stats: Path) -> dict[str, int]:
-    """The counters the daemon writes as it stops (fusermount3 -u does not wait for it)."""
-    deadline = time.monotonic() + 30
-    while not stats.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert stats.exists(), "the fast path was not installed"
-    return json.loads(stats.read_text())
-
-
 def test_c_answers_as_python_does(tmp_path: Path) -> None:
     require_fuse()
     lowers = _layers(tmp_path)
     with (
-        _imgfs(lowers, tmp_path, "c", fast=True) as (fast, stats),
-        _imgfs(lowers, tmp_path, "py", fast=False) as (slow, no_stats),
+        fastpath_mount(lowers, tmp_path, "c", fast=True) as (fast, stats),
+        fastpath_mount(lowers, tmp_path, "py", fast=False) as (slow, no_stats),
     ):
         paths = _paths(slow)
         assert len(paths) > FILES // 2
@@ -147,7 +131,7 @@ def test_c_answers_as_python_does(tmp_path: Path) -> None:
         _forget_all()
         assert _reads(fast, paths) == _reads(slow, paths)
         assert _reads(fast, paths)["usr/lib/x/capable"][0] == _CAPS
-    counts = _counters(stats)
+    counts = fastpath_counters(stats)
     assert not no_stats.exists()  # IMGFS_FASTPATH=0: nothing installed (the daemons stop
     # at once, and the other one has written its file)
     assert counts["lookups"] > len(paths), counts
@@ -210,15 +194,10 @@ def test_changes_to_inodes_the_c_side_handed_out_match_kernel(tmp_path: Path) ->
     first), so Python must adopt it, and the C side must stop answering for what the
     change made impure. Kernel overlayfs, given the same calls, is the oracle."""
     require_fuse()
-    options, errors = kernel_options(tmp_path / "probe")
-    require(options is not None, f"kernel overlayfs unusable here: {errors}")
     lowers = _layers(tmp_path)
-    kupper, kwork, kmnt = tmp_path / "k-u", tmp_path / "k-w", tmp_path / "k"
-    for d in (kupper, kwork, kmnt):
-        d.mkdir()
     with (
-        mounted(mount_kernel(lowers, kupper, kwork, kmnt, str(options))),
-        _imgfs(lowers, tmp_path, "c", fast=True) as (ours, stats),
+        kernel_overlay_mount(lowers, tmp_path) as kmnt,
+        fastpath_mount(lowers, tmp_path, "c", fast=True) as (ours, stats),
     ):
         assert tree_of(ours) == tree_of(kmnt)  # mtimes too: nothing has changed yet
         for what, change in CHANGES:
@@ -232,7 +211,7 @@ def test_changes_to_inodes_the_c_side_handed_out_match_kernel(tmp_path: Path) ->
             _forget_all()  # now lookups of gone and moved names, from the C side or not
             assert _probe(ours, paths) == _probe(kmnt, paths), f"{what}, after forgetting"
             assert _view(ours) == _view(kmnt), what
-    counts = _counters(stats)
+    counts = fastpath_counters(stats)
     assert counts["lookups"] > FILES // 2 and counts["passed_to_python"] > 0, counts
 
 
@@ -271,7 +250,7 @@ def test_capability_probe_of_upper_files_follows_their_xattrs(tmp_path: Path) ->
         except OSError as e:
             return e.errno
 
-    with _imgfs(lowers, tmp_path, "c", fast=True) as (mnt, _):
+    with fastpath_mount(lowers, tmp_path, "c", fast=True) as (mnt, _):
         new = mnt / "usr/lib/x/new"
         new.write_bytes(b"data")
         copied = _first(mnt / "usr/lib/x")

@@ -8,19 +8,23 @@ on imgfs-overlay and compares.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
 import struct
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from difftest.mounts import kernel_options, mount_kernel, mounted
-from mounts import IMGFS_OVERLAY, overlay_mount, require_fuse
+from mounts import (
+    IMGFS_OVERLAY,
+    fastpath_counters,
+    fastpath_mount,
+    kernel_overlay_mount,
+    overlay_mount,
+    require_fuse,
+)
 from test_fs_cache import _mounted, _tree
 
 from conftest import require, require_root
@@ -229,8 +233,6 @@ def test_reads_through_fds_opened_before_a_copy_up_as_kernel_overlayfs(
     """The C fast path opens pure lower files itself, Python the rest (a lower hard link
     here, or everything with the fast path off): both re-point their fds at the copy."""
     require_fuse()
-    options, errors = kernel_options(tmp_path / "probe")
-    require(options is not None, f"kernel overlayfs unusable here: {errors}")
     low = tmp_path / "low"
     (low / "r").mkdir(parents=True)
     (low / "r" / "small").write_bytes(b"old." * 4096)
@@ -239,24 +241,16 @@ def test_reads_through_fds_opened_before_a_copy_up_as_kernel_overlayfs(
     os.link(low / "r" / "linked", low / "r" / "linked2")
     (low / "r" / "cut").write_bytes(b"long" * 4096)
     (low / "r" / "meta").write_bytes(b"meta" * 4096)
-    kupper, kwork, kmnt = tmp_path / "k-u", tmp_path / "k-w", tmp_path / "k"
-    for d in (kupper, kwork, kmnt):
-        d.mkdir()
-    stats = tmp_path / "stats.json"
-    env = {"IMGFS_FASTPATH": "1" if fast else "0", "IMGFS_FASTPATH_STATS": str(stats)}
     with (
-        mounted(mount_kernel([low], kupper, kwork, kmnt, str(options))),
-        overlay_mount([low], tmp_path, "ours", env) as (ours, _),
+        kernel_overlay_mount([low], tmp_path) as kmnt,
+        fastpath_mount([low], tmp_path, "ours", fast) as (ours, stats),
     ):
         want = _read_through_old_fds(kmnt)
         assert _read_through_old_fds(ours) == want
     assert want["small after"] == (4 * 4096 + 4, b"NEW!", b"old.tail")
     assert want["linked after"] == (4 * 4096 + 4, b"NEW!", b"lnk.tail")
     if fast:
-        deadline = time.monotonic() + 30  # the daemon writes them as it stops
-        while not stats.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert json.loads(stats.read_text())["opens"] >= 4  # all but the hard link
+        assert fastpath_counters(stats)["opens"] >= 4  # all but the hard link
 
 
 def _deleted_but_open(m: Path) -> dict[str, object]:
@@ -293,18 +287,13 @@ def _deleted_but_open(m: Path) -> dict[str, object]:
 
 def test_deleted_files_still_open_as_kernel_overlayfs(tmp_path: Path) -> None:
     require_fuse()
-    options, errors = kernel_options(tmp_path / "probe")
-    require(options is not None, f"kernel overlayfs unusable here: {errors}")
     low = tmp_path / "low"
     (low / "r").mkdir(parents=True)
     (low / "r" / "lower").write_bytes(b"from the lower layer")
     (low / "r" / "over").write_bytes(b"replaced while open")
     os.mkfifo(low / "r" / "fifo-src")
-    kupper, kwork, kmnt = tmp_path / "k-u", tmp_path / "k-w", tmp_path / "k"
-    for d in (kupper, kwork, kmnt):
-        d.mkdir()
     with (
-        mounted(mount_kernel([low], kupper, kwork, kmnt, str(options))),
+        kernel_overlay_mount([low], tmp_path) as kmnt,
         overlay_mount([low], tmp_path, "ours") as (ours, _),
     ):
         want = _deleted_but_open(kmnt)
